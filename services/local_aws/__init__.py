@@ -1,0 +1,1 @@
+"""The embedded local AWS emulator (moto + a real Lambda runtime + Step Functions execution)."""
