@@ -51,6 +51,12 @@ def main(argv: list[str] | None = None) -> int:
         help="extra environment for Lambda code, e.g. AWS_ENDPOINT_URL_SAGEMAKER_RUNTIME=...",
     )
     parser.add_argument(
+        "--no-lambda-isolation",
+        action="store_true",
+        default=os.environ.get("LOCAL_AWS_LAMBDA_ISOLATION", "1") == "0",
+        help="let Lambda code import every package of this venv (AWS offers only boto3)",
+    )
+    parser.add_argument(
         "--ready-file",
         type=Path,
         help="write {pid, port, endpoint_url} as JSON here once listening (use with --port 0)",
@@ -70,6 +76,7 @@ def main(argv: list[str] | None = None) -> int:
         lambda_concurrency=args.lambda_concurrency,
         lambda_idle_timeout_s=args.lambda_idle_timeout,
         lambda_env=_parse_env_pairs(args.lambda_env),
+        lambda_isolation=not args.no_lambda_isolation,
     )
     config.state_dir.mkdir(parents=True, exist_ok=True)
     emulator = Emulator(config)

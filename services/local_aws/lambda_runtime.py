@@ -37,6 +37,42 @@ INIT_TIMEOUT_S = 10.0
 LOG_TAIL_BYTES = 4096
 # Variables from the host that a Lambda sandbox legitimately has (everything else is withheld).
 _HOST_VARIABLES = ("PATH", "LANG", "LC_ALL", "TZ", "SYSTEMROOT", "TMPDIR")
+# What AWS's Python runtime offers besides the standard library: boto3 and what it needs, plus
+# the runtime interface client itself. Function code sees nothing else of the host's packages.
+RUNTIME_PACKAGES = (
+    "awslambdaric",
+    "runtime_client",
+    "simplejson",
+    "snapshot_restore_py",
+    "boto3",
+    "botocore",
+    "s3transfer",
+    "jmespath",
+    "dateutil",
+    "six",
+    "urllib3",
+)
+
+
+def build_runtime_site(target: Path) -> Path:
+    """A folder exposing only the Lambda runtime's packages (links into this interpreter's)."""
+    import importlib.util
+
+    if (target / ".complete").exists():
+        return target
+    target.mkdir(parents=True, exist_ok=True)
+    for name in RUNTIME_PACKAGES:
+        spec = importlib.util.find_spec(name)
+        if spec is None or spec.origin is None:
+            raise RuntimeError(f"the Lambda runtime needs the package {name!r}")
+        origin = Path(spec.origin)
+        source = origin.parent if origin.name == "__init__.py" else origin
+        link = target / source.name
+        if not link.exists():
+            with contextlib.suppress(FileExistsError):
+                link.symlink_to(source)
+    (target / ".complete").touch()
+    return target
 
 
 @dataclass(frozen=True)
@@ -182,6 +218,7 @@ class Worker:
         log_path: Path,
         extra_env: dict[str, str],
         log_sink: Callable[[Worker, list[str]], None],
+        runtime_site: Path | None = None,
     ) -> None:
         self.spec = spec
         self.id = uuid.uuid4().hex
@@ -206,7 +243,9 @@ class Worker:
                 "_HANDLER": spec.handler,
                 "LAMBDA_TASK_ROOT": str(task_root),
                 "LAMBDA_RUNTIME_DIR": str(Path(sys.executable).parent),
-                "PYTHONPATH": str(task_root),
+                "PYTHONPATH": os.pathsep.join(
+                    [str(task_root), *([str(runtime_site)] if runtime_site else [])]
+                ),
                 "PYTHONUNBUFFERED": "1",
                 "AWS_EXECUTION_ENV": f"AWS_Lambda_{spec.runtime}",
                 "AWS_LAMBDA_FUNCTION_NAME": spec.function_name,
@@ -228,7 +267,8 @@ class Worker:
         env.update(dict(spec.environment))
         self._log_file = open(log_path, "ab")  # noqa: SIM115 - closed in stop()
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "awslambdaric", spec.handler],
+            # -S: no site-packages; the function sees the standard library and the runtime site.
+            [sys.executable, *(["-S"] if runtime_site else []), "-m", "awslambdaric", spec.handler],
             cwd=task_root,
             env=env,
             stdin=subprocess.DEVNULL,
@@ -490,8 +530,11 @@ class LambdaRuntime:
         idle_timeout_s: float = 900.0,
         extra_env: dict[str, str] | None = None,
         log_sink: Callable[[Worker, list[str]], None] | None = None,
+        isolate: bool = True,
     ) -> None:
         self.root = state_dir / "lambda"
+        # Isolated: only the standard library and boto3 importable, as on AWS.
+        self.runtime_site = build_runtime_site(self.root / "runtime-site") if isolate else None
         self.max_concurrency = max_concurrency
         self.idle_timeout_s = idle_timeout_s
         self.extra_env = dict(extra_env or {})
@@ -524,7 +567,7 @@ class LambdaRuntime:
         logs = self.root / "logs"
         logs.mkdir(parents=True, exist_ok=True)
         log_path = logs / f"{spec.function_name}-{uuid.uuid4().hex[:8]}.log"
-        return Worker(spec, task_root, log_path, self.extra_env, self.log_sink)
+        return Worker(spec, task_root, log_path, self.extra_env, self.log_sink, self.runtime_site)
 
     def worker_count(self, function_arn: str | None = None) -> int:
         """Live workers, for one function or all."""

@@ -36,6 +36,8 @@ class EmulatorConfig:
     state_dir: Path = field(default_factory=lambda: Path(".state"))
     lambda_concurrency: int = 16
     lambda_idle_timeout_s: float = 900.0
+    # Lambda code sees only the standard library and boto3, as on AWS (False: the whole venv).
+    lambda_isolation: bool = True
     # Extra variables for Lambda code, e.g. AWS_ENDPOINT_URL_SAGEMAKER_RUNTIME for sagemaker-local.
     lambda_env: dict[str, str] = field(default_factory=dict)
 
@@ -53,6 +55,7 @@ class Emulator:
             idle_timeout_s=config.lambda_idle_timeout_s,
             extra_env=dict(config.lambda_env),
             log_sink=_write_cloudwatch_logs,
+            isolate=config.lambda_isolation,
         )
         self._async_pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="lambda-event")
 
@@ -110,6 +113,7 @@ class Emulator:
             "uptime_s": round(time.time() - self.started_at, 3),
             "lambda_workers": self.runtime.worker_count(),
             "lambda_concurrency": self.config.lambda_concurrency,
+            "lambda_isolation": self.config.lambda_isolation,
             "state_dir": str(self.config.state_dir),
             "persistence": False,
         }
