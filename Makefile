@@ -7,11 +7,17 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 BACKEND ?= embedded
+DEPLOY ?= 1
 PYTEST_ARGS ?=
+# The local stack's profile (written by `make up`); deploy-aws uses your own AWS_PROFILE instead.
+LOCAL_AWS_ENV = AWS_CONFIG_FILE=$(STATE_DIR)/aws/aws-config AWS_SHARED_CREDENTIALS_FILE=$(STATE_DIR)/aws/aws-credentials AWS_PROFILE=local
+STATE_DIR ?= $(if $(SCONES_STATE_DIR),$(SCONES_STATE_DIR),$(CURDIR)/.state)
+# `make data` / `make train` use the current profile: yours if AWS_PROFILE is set, else `local`.
+PROFILE_ENV = $(if $(AWS_PROFILE),,$(LOCAL_AWS_ENV))
 export BACKEND
 
 .DEFAULT_GOAL := help
-.PHONY: help venv up down status env test lint format typecheck bench clean
+.PHONY: help venv up down status env deploy deploy-plan deploy-aws data train demo graph test lint format typecheck bench clean
 
 help: ## List the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -28,8 +34,31 @@ $(STAMP): requirements.lock pyproject.toml
 
 venv: $(STAMP) ## Create .venv and install the pinned dependencies (done by every target)
 
-up: $(STAMP) ## Start the local stack in the background and write the `local` AWS profile
+up: $(STAMP) ## Start the local stack, write the `local` profile, deploy (DEPLOY=0: start only)
 	@$(PY) -m scripts.stack up
+	@if [ "$(DEPLOY)" = "1" ]; then $(LOCAL_AWS_ENV) $(PY) -m scripts.deploy; fi
+
+deploy: $(STAMP) ## (Re)deploy everything to the local stack (idempotent)
+	@$(LOCAL_AWS_ENV) $(PY) -m scripts.deploy
+
+deploy-plan: $(STAMP) ## List what `make deploy` would change, change nothing
+	@$(LOCAL_AWS_ENV) $(PY) -m scripts.deploy --plan
+
+deploy-aws: $(STAMP) ## Deploy to AWS with your profile: make deploy-aws AWS_PROFILE=yours
+	@test -n "$(AWS_PROFILE)" -a "$(AWS_PROFILE)" != "local" || { echo "set AWS_PROFILE to your AWS profile: make deploy-aws AWS_PROFILE=yours" >&2; exit 2; }
+	@$(PY) -m scripts.deploy --push-image
+
+data: $(STAMP) ## ETL: CIFAR-100 (synthetic offline) -> PNG + manifests -> S3 of the current profile
+	@$(PROFILE_ENV) $(PY) -m scripts.etl
+
+train: $(STAMP) ## Create a training job on the current profile and stream its log
+	@$(PROFILE_ENV) $(PY) -m scripts.train_job
+
+demo: $(STAMP) ## The whole seed: up, deploy, run test cases, monitoring report
+	@$(PY) -m scripts.demo
+
+graph: $(STAMP) ## Render docs/stepfunctions_graph.png from the ASL
+	@$(PY) -m scripts.render_graph
 
 down: $(STAMP) ## Stop everything `make up` started
 	@$(PY) -m scripts.stack down

@@ -1,0 +1,149 @@
+"""The AWS path of the deploy, against a fake AWS in this process (moto's own control planes).
+
+moto stands in for AWS's SageMaker, IAM, Lambda, Step Functions and ECR: the same deploy code
+runs with `--push-image` (the AWS configuration), the image push replaced by a recorded call
+that registers the image in the fake ECR, as a real push would.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pytest
+from moto.server import ThreadedMotoServer
+
+from scripts.deploy import LAMBDA_FUNCTIONS, DeployOptions, Deployer
+from scripts.settings import Settings
+from services.local_aws.profile import write_profile
+from statemachine.definition import load_template
+
+
+@pytest.fixture
+def fake_aws(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    endpoint = f"http://{host}:{port}"
+    for name in list(os.environ):
+        if name.startswith("AWS_ENDPOINT_URL"):
+            monkeypatch.delenv(name)
+    # No `services` section: SageMaker too goes to moto, i.e. to "AWS".
+    for name, value in write_profile(tmp_path / "aws", endpoint, None, profile="fakeaws").items():
+        monkeypatch.setenv(name, value)
+    try:
+        yield endpoint
+    finally:
+        server.stop()
+
+
+class RecordedPush:
+    """Stands in for docker build + push: records the call, registers the image in ECR."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, Path]] = []
+
+    def __call__(self, image_uri: str, context: Path) -> None:
+        self.calls.append((image_uri, context))
+        repository, tag = image_uri.split("/", 1)[1].rsplit(":", 1)
+        manifest = {"schemaVersion": 2, "config": {"digest": "sha256:" + "0" * 64, "size": 1}}
+        boto3.client("ecr").put_image(
+            repositoryName=repository, imageManifest=json.dumps(manifest), imageTag=tag
+        )
+
+
+def _deploy(tmp_path: Path, push: RecordedPush) -> Any:
+    settings = Settings(state_dir=tmp_path / "state", bucket="scones-aws-test")
+    options = DeployOptions(
+        push_image=True,
+        rows_train=400,
+        rows_test=100,
+        training_image="763104351884.dkr.ecr.us-east-1.amazonaws.com/pytorch-training:2.5-cpu-py311",
+        waiter_delay_s=1,
+    )
+    lines: list[str] = []
+    result = Deployer(settings, options, image_pusher=push, echo=lines.append).deploy()
+    return result, lines
+
+
+def test_aws_deploy_creates_every_resource_then_changes_nothing(
+    fake_aws: str, tmp_path: Path
+) -> None:
+    push = RecordedPush()
+    result, _ = _deploy(tmp_path, push)
+    assert result.changed
+
+    # The serving image was built and pushed once, to the account's ECR repository.
+    assert [uri for uri, _ in push.calls] == [result.serving_image]
+    assert result.serving_image.startswith(f"{result.account_id}.dkr.ecr.us-east-1.amazonaws.com/")
+    assert boto3.client("ecr").describe_repositories(repositoryNames=["scones-model-server"])
+
+    # Data staged, training job with the source uploaded as SageMaker expects.
+    s3 = boto3.client("s3")
+    assert s3.head_object(Bucket=result.bucket, Key=f"{result.data_prefix}/test/manifest.jsonl")
+    sagemaker = boto3.client("sagemaker")
+    job = sagemaker.describe_training_job(TrainingJobName=result.training_job)
+    hyper = job["HyperParameters"]
+    assert hyper["sagemaker_program"] == "train.py"
+    source = hyper["sagemaker_submit_directory"]
+    assert s3.head_object(Bucket=result.bucket, Key=source.split("/", 3)[3])
+    assert job["RoleArn"] == result.roles["scones-sagemaker"]
+
+    # Model on the pushed image; endpoint config capturing every request.
+    model = sagemaker.describe_model(ModelName=result.model_name)
+    assert model["PrimaryContainer"]["Image"] == result.serving_image
+    config = sagemaker.describe_endpoint_config(EndpointConfigName=result.endpoint_config)
+    capture = config["DataCaptureConfig"]
+    assert capture["EnableCapture"] is True
+    assert capture["InitialSamplingPercentage"] == 100
+    assert capture["DestinationS3Uri"] == f"s3://{result.bucket}/data-capture"
+    assert {o["CaptureMode"] for o in capture["CaptureOptions"]} == {"Input", "Output"}
+    endpoint = sagemaker.describe_endpoint(EndpointName=result.endpoint)
+    assert endpoint["EndpointConfigName"] == result.endpoint_config
+
+    # Lambdas: environment from configuration; policies scoped to the one resource each needs.
+    lam, iam = boto3.client("lambda"), boto3.client("iam")
+    classify = lam.get_function_configuration(FunctionName="scones-classify-image")
+    assert classify["Environment"]["Variables"] == {"ENDPOINT_NAME": "scones-image-classifier"}
+    filter_fn = lam.get_function_configuration(FunctionName="scones-filter-inferences")
+    assert filter_fn["Environment"]["Variables"] == {"THRESHOLD": "0.93"}
+
+    def statements(role: str) -> list[dict[str, Any]]:
+        document = iam.get_role_policy(RoleName=role, PolicyName="permissions")["PolicyDocument"]
+        return document["Statement"] if isinstance(document, dict) else json.loads(document)["Statement"]
+
+    serialize = statements("scones-serialize-image-data")
+    assert serialize[0] == {
+        "Effect": "Allow",
+        "Action": "s3:GetObject",
+        "Resource": f"arn:aws:s3:::{result.bucket}/{result.data_prefix}/*",
+    }
+    invoke = statements("scones-classify-image")[0]
+    assert invoke["Action"] == "sagemaker:InvokeEndpoint"
+    assert invoke["Resource"].endswith(":endpoint/scones-image-classifier")
+    states = statements("scones-states")
+    assert states[0]["Action"] == "lambda:InvokeFunction"
+    assert sorted(r for r in states[0]["Resource"] if not r.endswith(":*")) == sorted(
+        result.functions.values()
+    )
+    for role in ("scones-serialize-image-data", "scones-classify-image", "scones-states"):
+        for statement in statements(role):
+            assert statement["Resource"] != "*", f"{role} has an unscoped statement"
+
+    # The state machine is the repository's ASL with only the placeholders replaced.
+    sfn = boto3.client("stepfunctions")
+    deployed = sfn.describe_state_machine(stateMachineArn=result.state_machine_arn)
+    template = load_template()
+    for suffix, placeholder, *_ in LAMBDA_FUNCTIONS.values():
+        template = template.replace("${" + placeholder + "}", result.functions[suffix])
+    assert json.loads(deployed["definition"]) == json.loads(template)
+    assert deployed["roleArn"] == result.roles["scones-states"]
+
+    # A second run is a no-op, and pushes nothing.
+    again, lines = _deploy(tmp_path, push)
+    assert not again.changed, "\n".join(lines)
+    assert len(push.calls) == 1
