@@ -69,7 +69,9 @@ def services() -> list[Service]:
         )
     ]
     if (REPO_ROOT / "services" / "sagemaker_local" / "__main__.py").exists():
-        stack.append(Service("sagemaker_local", "services.sagemaker_local", sagemaker_port, "/_health"))
+        stack.append(
+            Service("sagemaker_local", "services.sagemaker_local", sagemaker_port, "/_health")
+        )
     return stack
 
 
@@ -140,7 +142,8 @@ def up(state_dir: Path) -> None:
             pid_file.unlink(missing_ok=True)
         if _port_in_use(service.port):
             raise StackError(
-                f"port {service.port} is in use by another program, so {service.name} cannot start.\n"
+                f"port {service.port} is in use by another program, "
+                f"so {service.name} cannot start.\n"
                 f"  find it:   ss -ltnp 'sport = :{service.port}'\n"
                 f"  or choose another port, e.g. make up "
                 f"{'LOCAL_AWS_PORT' if service.name == 'local_aws' else 'SAGEMAKER_LOCAL_PORT'}"
@@ -178,7 +181,9 @@ def up(state_dir: Path) -> None:
                     + _tail(log_file)
                 )
             if time.monotonic() > deadline:
-                raise StackError(f"{service.name} not ready after {READY_TIMEOUT_S:.0f}s; see {log_file}")
+                raise StackError(
+                    f"{service.name} not ready after {READY_TIMEOUT_S:.0f}s; see {log_file}"
+                )
             time.sleep(0.05)
         elapsed = time.monotonic() - started
         print(f"  {service.name:16} ready in {elapsed:4.1f}s   pid {process.pid:<7} {service.url}")
@@ -222,7 +227,11 @@ def status(state_dir: Path) -> bool:
         pid = _read_pid(pid_file)
         health = _healthy(service)
         if pid and _pid_alive(pid) and health is not None:
-            detail = ", ".join(f"{k}={v}" for k, v in health.items() if k in ("uptime_s", "lambda_workers", "endpoints"))
+            detail = ", ".join(
+                f"{k}={v}"
+                for k, v in health.items()
+                if k in ("uptime_s", "lambda_workers", "endpoints")
+            )
             print(f"  {service.name:16} running   pid {pid:<7} {service.url}  {detail}")
         elif pid and _pid_alive(pid):
             all_up = False
@@ -253,6 +262,33 @@ def docker_engine_available() -> bool:
     return result.returncode == 0
 
 
+def compose_command() -> list[str]:
+    """`docker compose` on the project's compose file."""
+    return ["docker", "compose", "-f", str(REPO_ROOT / "docker-compose.yml")]
+
+
+def compose_url(service: str, container_port: int) -> str:
+    """Loopback URL of a compose service's published port, as Docker reports it (.env included)."""
+    result = subprocess.run(
+        [*compose_command(), "port", service, str(container_port)],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    lines = result.stdout.strip().splitlines()
+    if result.returncode != 0 or not lines:
+        raise StackError(f"{service} publishes no port {container_port}: {result.stderr.strip()}")
+    return f"http://127.0.0.1:{int(lines[-1].rpartition(':')[2])}"
+
+
+def compose_profile_env(state_dir: Path) -> dict[str, str]:
+    """Write the `local` profile for the compose stack (LocalStack, sagemaker-local)."""
+    return write_profile(
+        state_dir / "aws", compose_url("localstack", 4566), compose_url("sagemaker-local", 4570)
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of `python -m scripts.stack`."""
     parser = argparse.ArgumentParser(prog="python -m scripts.stack", description=__doc__)
@@ -261,9 +297,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     state_dir = load().state_dir
     if args.backend not in ("embedded", "docker"):
-        print(f"unknown BACKEND={args.backend!r}: use embedded (default) or docker", file=sys.stderr)
+        print(
+            f"unknown BACKEND={args.backend!r}: use embedded (default) or docker", file=sys.stderr
+        )
         return 2
-    if args.backend == "docker" and args.command in ("up", "down"):
+    if args.backend == "docker":
         if not docker_engine_available():
             print(
                 "BACKEND=docker needs a running Docker engine, and none answers `docker info`.\n"
@@ -271,9 +309,7 @@ def main(argv: list[str] | None = None) -> int:
                 file=sys.stderr,
             )
             return 2
-        compose = ["docker", "compose", "-f", str(REPO_ROOT / "docker-compose.yml")]
-        action = ["up", "-d", "--wait"] if args.command == "up" else ["down"]
-        return subprocess.call([*compose, *action], cwd=REPO_ROOT)
+        return _compose(args.command, state_dir)
     try:
         if args.command == "up":
             print(f"Starting the local stack (state in {state_dir})")
@@ -289,6 +325,32 @@ def main(argv: list[str] | None = None) -> int:
     except StackError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
+    return 0
+
+
+def _compose(command: str, state_dir: Path) -> int:
+    if command == "down":
+        return subprocess.call([*compose_command(), "down"], cwd=REPO_ROOT)
+    if command == "status":
+        code = subprocess.call([*compose_command(), "ps"], cwd=REPO_ROOT)
+        config = state_dir / "aws" / "aws-config"
+        print(f"  profile          local  ({config if config.exists() else 'not written yet'})")
+        return code
+    try:
+        if command == "env":
+            env = compose_profile_env(state_dir)
+            print("\n".join(f"export {name}={value}" for name, value in env.items()))
+            return 0
+        # --build: the sagemaker-local image follows the working tree; --wait: healthchecks pass.
+        code = subprocess.call([*compose_command(), "up", "-d", "--build", "--wait"], cwd=REPO_ROOT)
+        if code != 0:
+            return code
+        compose_profile_env(state_dir)
+    except StackError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    print(f"  profile          local  ({state_dir / 'aws' / 'aws-config'})")
+    print('Use it:  eval "$(make -s env BACKEND=docker)"  then  aws s3 ls')
     return 0
 
 
