@@ -80,6 +80,8 @@ class DeployOptions:
     waiter_delay_s: int = field(
         default_factory=lambda: int(os.environ.get("SCONES_WAITER_DELAY", "2"))
     )
+    # Print the training job's log lines (from CloudWatch Logs) while waiting for it.
+    stream_logs: bool = True
 
 
 @dataclass
@@ -598,11 +600,14 @@ class Deployer:
             )
             self.echo(f"    training job {name} started; waiting for it")
         started = time.monotonic()
-        sagemaker.get_waiter("training_job_completed_or_stopped").wait(
-            TrainingJobName=name,
-            WaiterConfig={"Delay": self.options.waiter_delay_s, "MaxAttempts": 3600},
-        )
-        job = sagemaker.describe_training_job(TrainingJobName=name)
+        if self.options.stream_logs:
+            job = follow_training_job(name, self.echo, self.options.waiter_delay_s)
+        else:
+            sagemaker.get_waiter("training_job_completed_or_stopped").wait(
+                TrainingJobName=name,
+                WaiterConfig={"Delay": self.options.waiter_delay_s, "MaxAttempts": 3600},
+            )
+            job = sagemaker.describe_training_job(TrainingJobName=name)
         if job["TrainingJobStatus"] != "Completed":
             raise DeployError(
                 f"training job {name} ended {job['TrainingJobStatus']}: "
@@ -850,6 +855,50 @@ class Deployer:
             self.note(result, "state machine", name, "update")
         else:
             self.note(result, "state machine", name, "unchanged")
+
+
+TRAINING_LOG_GROUP = "/aws/sagemaker/TrainingJobs"
+
+
+def follow_training_job(
+    name: str, echo: Callable[[str], None] = print, delay_s: float = 2.0
+) -> dict[str, Any]:
+    """Wait for a training job to end, echoing its CloudWatch log lines; return its description."""
+    sagemaker, logs = boto3.client("sagemaker"), boto3.client("logs")
+    tokens: dict[str, str] = {}
+    terminal = ("Completed", "Failed", "Stopped")
+
+    def drain() -> None:
+        try:
+            streams = logs.describe_log_streams(
+                logGroupName=TRAINING_LOG_GROUP, logStreamNamePrefix=f"{name}/"
+            )["logStreams"]
+        except ClientError:
+            return  # no logs yet
+        for stream in streams:
+            stream_name = stream["logStreamName"]
+            while True:
+                kwargs: dict[str, Any] = {
+                    "logGroupName": TRAINING_LOG_GROUP,
+                    "logStreamName": stream_name,
+                    "startFromHead": True,
+                }
+                if stream_name in tokens:
+                    kwargs["nextToken"] = tokens[stream_name]
+                page = logs.get_log_events(**kwargs)
+                for event in page["events"]:
+                    echo(f"    | {event['message']}")
+                token = page.get("nextForwardToken")
+                if not token or token == tokens.get(stream_name):
+                    break
+                tokens[stream_name] = token
+
+    while True:
+        job = sagemaker.describe_training_job(TrainingJobName=name)
+        drain()
+        if job["TrainingJobStatus"] in terminal:
+            return dict(job)
+        time.sleep(delay_s)
 
 
 def push_image_to_ecr(image_uri: str, context: Path) -> None:

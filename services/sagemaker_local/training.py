@@ -1,0 +1,552 @@
+"""Training-job runner: a SageMaker training job as a local process under the training contract.
+
+Layout of a job folder (`<state>/training-jobs/<name>/`) mirrors `/opt/ml` in a container:
+`input/config/{hyperparameters,resourceconfig,inputdataconfig}.json`, `input/data/<channel>/`,
+`code/`, `model/`, `output/` (with `failure` and `data/`), `checkpoints/`, `logs/`.
+The script gets hyperparameters as `--key value` and the sagemaker-training toolkit's `SM_*`
+environment; its output goes to the job log file and to CloudWatch Logs
+(`/aws/sagemaker/TrainingJobs`, stream `<job>/algo-1-<epoch>`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tarfile
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import boto3
+
+from . import processes
+from .hosting import ModelArchiveError, safe_extract
+from .s3io import download_prefix, join_s3, split_s3_uri, upload_folder
+
+log = logging.getLogger(__name__)
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+DEFAULT_SOURCE_DIR = REPO_ROOT / "model"
+DEFAULT_PROGRAM = "train.py"
+DEFAULT_MAX_RUNTIME_S = 86400
+FAILURE_REASON_MAX = 1024
+STOP_GRACE_S = 10.0
+LOG_GROUP = "/aws/sagemaker/TrainingJobs"
+HOST = "algo-1"
+
+Update = Callable[..., None]
+
+
+def decode_hyperparameter(value: str) -> Any:
+    """Hyperparameters arrive as strings; the SageMaker SDK JSON-encodes them (toolkit rule)."""
+    try:
+        return json.loads(value)
+    except (TypeError, ValueError):
+        return value
+
+
+def cli_value(value: Any) -> str:
+    """How the toolkit renders a hyperparameter on the command line."""
+    if isinstance(value, dict):
+        return ",".join(f"{k}={v}" for k, v in sorted(value.items()))
+    return str(value)
+
+
+def gpu_count() -> int:
+    """Number of NVIDIA devices visible (without importing a framework)."""
+    return len([p for p in Path("/dev").glob("nvidia[0-9]*")])
+
+
+class CloudWatchLogShipper:
+    """Buffers log lines and puts them to CloudWatch Logs about once a second (best effort)."""
+
+    def __init__(self, stream: str) -> None:
+        self.stream = stream
+        self._lines: list[dict[str, Any]] = []
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._client: Any = None
+        self._thread = threading.Thread(target=self._run, name=f"logs-{stream}", daemon=True)
+        try:
+            self._client = boto3.client("logs")
+            with contextlib.suppress(self._client.exceptions.ResourceAlreadyExistsException):
+                self._client.create_log_group(logGroupName=LOG_GROUP)
+            self._client.create_log_stream(logGroupName=LOG_GROUP, logStreamName=stream)
+        except Exception as exc:  # logs are a convenience, never a failure
+            log.info("CloudWatch Logs unavailable for %s: %s", stream, exc)
+            self._client = None
+        self._thread.start()
+
+    def add(self, line: str) -> None:
+        """Queue one line."""
+        if self._client is not None:
+            with self._lock:
+                self._lines.append({"timestamp": int(time.time() * 1000), "message": line})
+
+    def _flush(self) -> None:
+        with self._lock:
+            lines, self._lines = self._lines, []
+        for start in range(0, len(lines), 1000):
+            try:
+                self._client.put_log_events(
+                    logGroupName=LOG_GROUP,
+                    logStreamName=self.stream,
+                    logEvents=lines[start : start + 1000],
+                )
+            except Exception as exc:
+                log.info("CloudWatch Logs put failed for %s: %s", self.stream, exc)
+                return
+
+    def _run(self) -> None:
+        while not self._stop.wait(1.0):
+            if self._client is not None:
+                self._flush()
+
+    def close(self) -> None:
+        """Ship what is left."""
+        self._stop.set()
+        self._thread.join(timeout=10)
+        if self._client is not None:
+            self._flush()
+
+
+class JobFailed(Exception):
+    """A training job failure with its AWS-style FailureReason."""
+
+
+class TrainingJobRunner(threading.Thread):
+    """Runs one training job to its end state, reporting every status change through update."""
+
+    def __init__(self, job: dict[str, Any], job_dir: Path, update: Update) -> None:
+        super().__init__(name=f"training-{job['TrainingJobName']}", daemon=True)
+        self.job = job
+        self.name_ = job["TrainingJobName"]
+        self.job_dir = job_dir
+        self.update = update
+        self.s3 = boto3.client("s3")
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.stop_requested = threading.Event()
+        self.stop_cause = "Stopped"
+        self.interrupted = False
+        self.metric_regexes = [
+            (m["Name"], re.compile(m["Regex"]))
+            for m in job.get("AlgorithmSpecification", {}).get("MetricDefinitions", [])
+        ]
+        self.metrics: dict[str, dict[str, Any]] = {}
+
+    # -- control ---------------------------------------------------------------------------
+    def stop(self, cause: str = "Stopped") -> None:
+        """Ask the job to stop (StopTrainingJob, max runtime, shutdown)."""
+        self.stop_cause = cause
+        self.stop_requested.set()
+        if self.proc is not None and self.proc.poll() is None:
+            processes.signal_group(self.proc, signal.SIGTERM)
+
+    def interrupt(self) -> None:
+        """sagemaker-local is shutting down: end the job as Failed, not Stopped."""
+        self.interrupted = True
+        self.stop("Interrupted")
+
+    # -- the job -------------------------------------------------------------------------------
+    def secondary(self, status: str, message: str, **fields: Any) -> None:
+        """Move to a new secondary status."""
+        self.update(secondary=(status, message), **fields)
+
+    def run(self) -> None:
+        """Download, train, upload; always ends in Completed, Failed or Stopped."""
+        started = time.time()
+        try:
+            self.secondary("Starting", "Preparing the instances for training")
+            self._prepare_folders()
+            self.secondary("Downloading", "Downloading input data")
+            self._download_inputs()
+            if self.stop_requested.is_set():
+                raise InterruptedError
+            self.secondary(
+                "Training",
+                "Training image download completed. Training in progress.",
+                TrainingStartTime=time.time(),
+            )
+            rc = self._train()
+            if self.stop_requested.is_set():
+                raise InterruptedError
+            if rc != 0:
+                raise JobFailed(self._failure_reason(rc))
+            self.secondary("Uploading", "Uploading generated training model")
+            artifacts = self._upload_outputs()
+            self._finish("Completed", "Completed", "Training job completed", started, artifacts)
+        except InterruptedError:
+            self._stopped(started)
+        except JobFailed as exc:
+            self._failed(str(exc), started)
+        except Exception as exc:  # every failure must end the job
+            log.exception("training job %s failed", self.name_)
+            reason = f"ClientError: {exc}" if "ClientError" in type(exc).__name__ else str(exc)
+            self._failed(reason, started)
+
+    def _finish(
+        self,
+        status: str,
+        secondary: str,
+        message: str,
+        started: float,
+        artifacts: str | None = None,
+        reason: str | None = None,
+    ) -> None:
+        self._sync_checkpoints()
+        end = time.time()
+        fields: dict[str, Any] = {
+            "TrainingEndTime": end,
+            "TrainingTimeInSeconds": max(1, int(end - started)),
+            "BillableTimeInSeconds": max(1, int(end - started)),
+        }
+        if artifacts:
+            fields["ModelArtifacts"] = {"S3ModelArtifacts": artifacts}
+        if reason:
+            fields["FailureReason"] = reason[:FAILURE_REASON_MAX]
+        self.update(status=status, secondary=(secondary, message), final=True, **fields)
+
+    def _failed(self, reason: str, started: float) -> None:
+        self._finish("Failed", "Failed", "Training job failed", started, reason=reason)
+
+    def _stopped(self, started: float) -> None:
+        if self.interrupted:
+            self._failed(
+                "InternalServerError: sagemaker-local shut down while the job was running.",
+                started,
+            )
+            return
+        self.update(status="Stopping", secondary=("Stopping", "Stopping the training job"))
+        artifacts = None
+        try:
+            if any((self.job_dir / "model").iterdir()):
+                artifacts = self._upload_outputs()
+        except Exception as exc:
+            log.warning("could not upload artifacts of stopped job %s: %s", self.name_, exc)
+        if self.stop_cause == "MaxRuntimeExceeded":
+            message = "Training job runtime exceeded MaxRuntimeInSeconds provided"
+        else:
+            message = "Training job stopped"
+        self._finish("Stopped", self.stop_cause, message, started, artifacts)
+
+    # -- steps ---------------------------------------------------------------------------------
+    def _prepare_folders(self) -> None:
+        if self.job_dir.exists():
+            shutil.rmtree(self.job_dir)
+        for sub in ("input/config", "input/data", "code", "model", "output/data", "checkpoints"):
+            (self.job_dir / sub).mkdir(parents=True, exist_ok=True)
+        (self.job_dir / "logs").mkdir(parents=True, exist_ok=True)
+
+    def _download_inputs(self) -> None:
+        for channel in self.job.get("InputDataConfig", []):
+            name = channel["ChannelName"]
+            source = channel["DataSource"].get("S3DataSource")
+            if not source:
+                raise JobFailed(f"ClientError: channel {name} has no S3DataSource.")
+            target = self.job_dir / "input" / "data" / name
+            try:
+                count = self._download_channel(source, target)
+            except JobFailed:
+                raise
+            except Exception as exc:
+                raise JobFailed(f"ClientError: Data download failed:{exc}") from exc
+            if count == 0:
+                raise JobFailed(
+                    f"ClientError: Data download failed:No S3 objects found under S3 URL "
+                    f'"{source["S3Uri"]}" given in input data source. Please ensure that the '
+                    f"bucket exists in the selected region, that objects exist under that S3 "
+                    f'prefix, and that the role "{self.job.get("RoleArn")}" has '
+                    f'"s3:ListBucket" permissions.'
+                )
+        self._fetch_code()
+        checkpoint = self.job.get("CheckpointConfig")
+        if checkpoint and checkpoint.get("S3Uri"):
+            try:
+                download_prefix(self.s3, checkpoint["S3Uri"], self.job_dir / "checkpoints")
+            except Exception as exc:
+                raise JobFailed(f"ClientError: Checkpoint download failed:{exc}") from exc
+
+    def _download_channel(self, source: dict[str, Any], target: Path) -> int:
+        if source.get("S3DataType", "S3Prefix") == "ManifestFile":
+            bucket, key = split_s3_uri(source["S3Uri"])
+            manifest = json.loads(self.s3.get_object(Bucket=bucket, Key=key)["Body"].read())
+            base = manifest[0]["prefix"]
+            for relative in manifest[1:]:
+                download_prefix(self.s3, join_s3(base, relative), target / Path(relative).parent)
+            return len(manifest) - 1
+        return download_prefix(self.s3, source["S3Uri"], target)
+
+    def _fetch_code(self) -> None:
+        hps = self.job.get("HyperParameters", {})
+        submit = decode_hyperparameter(hps.get("sagemaker_submit_directory", ""))
+        code = self.job_dir / "code"
+        source: Path
+        if not submit:
+            source = DEFAULT_SOURCE_DIR
+        elif str(submit).startswith("s3://"):
+            archive = self.job_dir / "sourcedir.tar.gz"
+            bucket, key = split_s3_uri(str(submit))
+            self.s3.download_file(bucket, key, str(archive))
+            try:
+                safe_extract(archive, code)
+            except ModelArchiveError as exc:
+                raise JobFailed(f"ClientError: Cannot unpack the source code: {exc}") from exc
+            return
+        else:
+            source = Path(str(submit).removeprefix("file://"))
+        if source.is_dir():
+            shutil.copytree(
+                source, code, dirs_exist_ok=True, ignore=shutil.ignore_patterns("__pycache__")
+            )
+        elif source.is_file() and tarfile.is_tarfile(source):
+            try:
+                safe_extract(source, code)
+            except ModelArchiveError as exc:
+                raise JobFailed(f"ClientError: Cannot unpack the source code: {exc}") from exc
+        else:
+            raise JobFailed(f"ClientError: sagemaker_submit_directory {submit} not found.")
+
+    def _config_files(self, user_hps: dict[str, Any]) -> dict[str, Any]:
+        config_dir = self.job_dir / "input" / "config"
+        resource = self.job.get("ResourceConfig", {})
+        instance_type = resource.get("InstanceType", "local")
+        resource_config = {
+            "current_host": HOST,
+            "current_instance_type": instance_type,
+            "current_group_name": "homogeneousCluster",
+            "hosts": [HOST],
+            "instance_groups": [
+                {
+                    "instance_group_name": "homogeneousCluster",
+                    "instance_type": instance_type,
+                    "hosts": [HOST],
+                }
+            ],
+            "network_interface_name": "eth0",
+        }
+        input_data_config = {
+            c["ChannelName"]: {
+                "TrainingInputMode": c.get("InputMode", "File"),
+                "S3DistributionType": c["DataSource"]
+                .get("S3DataSource", {})
+                .get("S3DataDistributionType", "FullyReplicated"),
+                "RecordWrapperType": c.get("RecordWrapperType", "None"),
+                **({"ContentType": c["ContentType"]} if c.get("ContentType") else {}),
+            }
+            for c in self.job.get("InputDataConfig", [])
+        }
+        files = {
+            "hyperparameters.json": self.job.get("HyperParameters", {}),
+            "resourceconfig.json": resource_config,
+            "inputdataconfig.json": input_data_config,
+        }
+        for name, content in files.items():
+            (config_dir / name).write_text(json.dumps(content, indent=1), encoding="utf-8")
+        return {"resource": resource_config, "input_data": input_data_config}
+
+    def _environment(
+        self, program: str, args: list[str], user_hps: dict[str, Any], configs: dict[str, Any]
+    ) -> dict[str, str]:
+        d = self.job_dir
+        channels = [c["ChannelName"] for c in self.job.get("InputDataConfig", [])]
+        hps_all = self.job.get("HyperParameters", {})
+        submit = decode_hyperparameter(hps_all.get("sagemaker_submit_directory", ""))
+        sm = {
+            "SM_HOSTS": json.dumps([HOST]),
+            "SM_CURRENT_HOST": HOST,
+            "SM_CURRENT_INSTANCE_TYPE": configs["resource"]["current_instance_type"],
+            "SM_CURRENT_INSTANCE_GROUP": "homogeneousCluster",
+            "SM_NETWORK_INTERFACE_NAME": "eth0",
+            "SM_HPS": json.dumps(user_hps),
+            "SM_CHANNELS": json.dumps(sorted(channels)),
+            "SM_USER_ARGS": json.dumps(args),
+            "SM_USER_ENTRY_POINT": program,
+            "SM_MODULE_NAME": Path(program).stem,
+            "SM_MODULE_DIR": str(submit or d / "code"),
+            "SM_LOG_LEVEL": "20",
+            "SM_FRAMEWORK_MODULE": "",
+            "SM_FRAMEWORK_PARAMS": "{}",
+            "SM_NUM_CPUS": str(os.cpu_count() or 1),
+            "SM_NUM_GPUS": str(gpu_count()),
+            "SM_NUM_NEURONS": "0",
+            "SM_MODEL_DIR": str(d / "model"),
+            "SM_INPUT_DIR": str(d / "input"),
+            "SM_INPUT_CONFIG_DIR": str(d / "input" / "config"),
+            "SM_INPUT_DATA_CONFIG": json.dumps(configs["input_data"]),
+            "SM_RESOURCE_CONFIG": json.dumps(configs["resource"]),
+            "SM_OUTPUT_DIR": str(d / "output"),
+            "SM_OUTPUT_DATA_DIR": str(d / "output" / "data"),
+            "SM_OUTPUT_INTERMEDIATE_DIR": str(d / "output" / "intermediate"),
+            "SM_CHECKPOINT_DIR": str(d / "checkpoints"),
+            "TRAINING_JOB_NAME": self.name_,
+            "TRAINING_JOB_ARN": self.job["TrainingJobArn"],
+        }
+        for channel in channels:
+            sm[f"SM_CHANNEL_{channel.upper()}"] = str(d / "input" / "data" / channel)
+        for key, value in user_hps.items():
+            sm[f"SM_HP_{key.upper()}"] = value if isinstance(value, str) else json.dumps(value)
+        sm["SM_TRAINING_ENV"] = json.dumps(
+            {
+                "additional_framework_parameters": {},
+                "channel_input_dirs": {c: sm[f"SM_CHANNEL_{c.upper()}"] for c in channels},
+                "current_host": HOST,
+                "hosts": [HOST],
+                "hyperparameters": user_hps,
+                "input_config_dir": sm["SM_INPUT_CONFIG_DIR"],
+                "input_data_config": configs["input_data"],
+                "input_dir": sm["SM_INPUT_DIR"],
+                "job_name": self.name_,
+                "log_level": 20,
+                "model_dir": sm["SM_MODEL_DIR"],
+                "module_dir": sm["SM_MODULE_DIR"],
+                "module_name": sm["SM_MODULE_NAME"],
+                "network_interface_name": "eth0",
+                "num_cpus": int(sm["SM_NUM_CPUS"]),
+                "num_gpus": int(sm["SM_NUM_GPUS"]),
+                "output_data_dir": sm["SM_OUTPUT_DATA_DIR"],
+                "output_dir": sm["SM_OUTPUT_DIR"],
+                "resource_config": configs["resource"],
+                "user_entry_point": program,
+            }
+        )
+        env = {**os.environ, **self.job.get("Environment", {}), **sm, "PYTHONUNBUFFERED": "1"}
+        code = str(d / "code")
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [code, str(REPO_ROOT)]))
+        return env
+
+    def _train(self) -> int:
+        hps = self.job.get("HyperParameters", {})
+        program = str(decode_hyperparameter(hps.get("sagemaker_program", DEFAULT_PROGRAM)))
+        user_hps = {
+            k: decode_hyperparameter(v) for k, v in hps.items() if not k.startswith("sagemaker_")
+        }
+        args: list[str] = []
+        for key in sorted(user_hps):
+            args += [f"--{key}", cli_value(user_hps[key])]
+        if not any(k.replace("_", "-") == "checkpoint-dir" for k in user_hps):
+            args += ["--checkpoint-dir", str(self.job_dir / "checkpoints")]
+        configs = self._config_files(user_hps)
+        env = self._environment(program, args, user_hps, configs)
+        script = self.job_dir / "code" / program
+        if not script.is_file():
+            raise JobFailed(f"ClientError: entry point {program} not found in the source code.")
+        command = (
+            [sys.executable, str(script), *args]
+            if program.endswith(".py")
+            else [str(script), *args]
+        )
+        max_runtime = (self.job.get("StoppingCondition") or {}).get(
+            "MaxRuntimeInSeconds", DEFAULT_MAX_RUNTIME_S
+        )
+        stream = f"{self.name_}/{HOST}-{int(time.time())}"
+        shipper = CloudWatchLogShipper(stream)
+        log_path = self.job_dir / "logs" / f"{HOST}.log"
+        timer = threading.Timer(max_runtime, self.stop, args=("MaxRuntimeExceeded",))
+        timer.daemon = True
+        with open(log_path, "ab") as log_file:
+            self.proc = processes.launch(
+                command,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                cwd=self.job_dir / "code",
+                env=env,
+            )
+            self.update(pid=self.proc.pid)
+            if self.stop_requested.is_set():
+                processes.signal_group(self.proc, signal.SIGTERM)
+            timer.start()
+            try:
+                assert self.proc.stdout is not None
+                for raw in self.proc.stdout:
+                    log_file.write(raw)
+                    log_file.flush()
+                    line = raw.decode(errors="replace").rstrip("\n")
+                    shipper.add(line)
+                    self._match_metrics(line)
+                rc = self._wait_for_exit()
+            finally:
+                timer.cancel()
+                shipper.close()
+        self.update(pid=None)
+        return rc
+
+    def _wait_for_exit(self) -> int:
+        assert self.proc is not None
+        try:
+            return self.proc.wait(timeout=STOP_GRACE_S if self.stop_requested.is_set() else None)
+        except subprocess.TimeoutExpired:
+            return processes.stop(self.proc, grace_s=0) or -9
+
+    def _match_metrics(self, line: str) -> None:
+        changed = False
+        for name, regex in self.metric_regexes:
+            match = regex.search(line)
+            if match is None:
+                continue
+            try:
+                value = float(match.group(1) if match.groups() else match.group(0))
+            except ValueError:
+                continue
+            self.metrics[name] = {"MetricName": name, "Value": value, "Timestamp": time.time()}
+            changed = True
+        if changed:
+            self.update(FinalMetricDataList=list(self.metrics.values()))
+
+    def _failure_reason(self, rc: int) -> str:
+        failure = self.job_dir / "output" / "failure"
+        if failure.is_file():
+            text = failure.read_text(encoding="utf-8", errors="replace").strip()
+            if text:
+                return f"AlgorithmError: {text}"
+        tail = self._log_tail()
+        return f'AlgorithmError: ExecuteUserScriptError:\nExitCode {rc}\nErrorMessage "{tail}"'
+
+    def _log_tail(self) -> str:
+        path = self.job_dir / "logs" / f"{HOST}.log"
+        try:
+            lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+        except OSError:
+            return ""
+        return "\n".join(line for line in lines[-5:] if line.strip())
+
+    def _upload_outputs(self) -> str:
+        output_path = self.job["OutputDataConfig"]["S3OutputPath"]
+        prefix = join_s3(output_path, self.name_, "output")
+        archive = self.job_dir / "output" / "model.tar.gz"
+        pack(self.job_dir / "model", archive)
+        bucket, key = split_s3_uri(join_s3(prefix, "model.tar.gz"))
+        self.s3.upload_file(str(archive), bucket, key)
+        data_dir = self.job_dir / "output" / "data"
+        if data_dir.is_dir() and any(data_dir.iterdir()):
+            output_archive = self.job_dir / "output" / "output.tar.gz"
+            pack(data_dir, output_archive)
+            obucket, okey = split_s3_uri(join_s3(prefix, "output.tar.gz"))
+            self.s3.upload_file(str(output_archive), obucket, okey)
+        return f"s3://{bucket}/{key}"
+
+    def _sync_checkpoints(self) -> None:
+        """Upload the checkpoints (whatever the outcome: a failed job resumes from them)."""
+        checkpoint = self.job.get("CheckpointConfig")
+        folder = self.job_dir / "checkpoints"
+        if not (checkpoint and checkpoint.get("S3Uri") and folder.is_dir()):
+            return
+        try:
+            upload_folder(self.s3, folder, checkpoint["S3Uri"])
+        except Exception as exc:
+            log.warning("checkpoint upload of %s failed: %s", self.name_, exc)
+
+
+def pack(folder: Path, archive: Path) -> None:
+    """Pack a folder's contents (not the folder itself) as a tar.gz, the way SageMaker does."""
+    with tarfile.open(archive, "w:gz") as tar:
+        for path in sorted(folder.iterdir()):
+            tar.add(path, arcname=path.name)
