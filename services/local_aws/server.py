@@ -19,6 +19,7 @@ from typing import Any
 
 from werkzeug.serving import BaseWSGIServer, make_server
 
+from . import stepfunctions_speedups
 from .lambda_runtime import FunctionSpec, LambdaRuntime, Worker
 
 log = logging.getLogger("local_aws")
@@ -40,6 +41,8 @@ class EmulatorConfig:
     lambda_isolation: bool = True
     # Extra variables for Lambda code, e.g. AWS_ENDPOINT_URL_SAGEMAKER_RUNTIME for sagemaker-local.
     lambda_env: dict[str, str] = field(default_factory=dict)
+    # Step Functions interpreter with cached ASL programs and boto3 clients (see that module).
+    sfn_speedups: bool = field(default_factory=stepfunctions_speedups.enabled_by_environment)
 
 
 class Emulator:
@@ -74,13 +77,16 @@ class Emulator:
         default_user_config["core"]["service_whitelist"] = None
         _install_lambda_runtime(self)
         moto_app = DomainDispatcherApplication(create_backend_app)
+        app = self._wsgi(moto_app)
         self._server = make_server(
             self.config.host,
             self.config.port,
-            self._wsgi(moto_app),
+            app,
             threaded=True,
             request_handler=MotoRequestHandler,
         )
+        if self.config.sfn_speedups:
+            stepfunctions_speedups.install(app, self._server)
         self.config.port = self._server.server_address[1]
         # moto's Step Functions interpreter calls Lambda on localhost:$MOTO_PORT.
         os.environ["MOTO_PORT"] = str(self.config.port)
@@ -106,6 +112,7 @@ class Emulator:
 
     def health(self) -> dict[str, Any]:
         """What the readiness endpoint answers."""
+        speedups = stepfunctions_speedups.installed()
         return {
             "status": "running",
             "services": list(SERVICES),
@@ -116,6 +123,7 @@ class Emulator:
             "lambda_isolation": self.config.lambda_isolation,
             "state_dir": str(self.config.state_dir),
             "persistence": False,
+            "stepfunctions_speedups": speedups.stats() if speedups else None,
         }
 
     def serve_forever(self) -> None:
