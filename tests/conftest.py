@@ -124,3 +124,76 @@ def local_aws(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalAws]:
             else:
                 os.environ[name] = value
         os.environ.update(hidden)
+
+
+def free_port() -> int:
+    """A port free right now on 127.0.0.1 (the kernel picks it)."""
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@dataclass
+class LocalStack:
+    """The whole embedded stack: emulator + sagemaker-local, and the profile selecting both."""
+
+    aws: LocalAws
+    sagemaker_url: str
+    sagemaker: subprocess.Popen[bytes]
+    env: dict[str, str]
+    state_dir: Path
+
+
+def start_local_stack(state_dir: Path) -> LocalStack:
+    """Start the emulator (its Lambdas sent to sagemaker-local) and sagemaker-local; wait."""
+    sagemaker_port = free_port()
+    sagemaker_url = f"http://127.0.0.1:{sagemaker_port}"
+    aws = start_local_aws(
+        state_dir / "local_aws",
+        [
+            "--lambda-env",
+            f"AWS_ENDPOINT_URL_SAGEMAKER={sagemaker_url}",
+            "--lambda-env",
+            f"AWS_ENDPOINT_URL_SAGEMAKER_RUNTIME={sagemaker_url}",
+        ],
+    )
+    env = write_profile(state_dir / "profile", aws.endpoint_url, sagemaker_url)
+    process_env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_ENDPOINT_URL")}
+    process_env.update(env, SAGEMAKER_LOCAL_CAPTURE_FLUSH_SECONDS="1")
+    log_path = state_dir / "sagemaker_local.log"
+    with open(log_path, "ab") as log_file:
+        sagemaker = subprocess.Popen(
+            [sys.executable, "-m", "services.sagemaker_local", "--port", str(sagemaker_port),
+             "--state-dir", str(state_dir / "sagemaker_local")],
+            cwd=REPO_ROOT, env=process_env, stdout=log_file, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )  # fmt: skip
+    try:
+        wait_until_ready(f"{sagemaker_url}/_health", sagemaker, log_path)
+    except Exception:
+        stop_process(sagemaker)
+        stop_process(aws.process)
+        raise
+    return LocalStack(aws, sagemaker_url, sagemaker, env, state_dir)
+
+
+@pytest.fixture(scope="module")
+def local_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
+    """The embedded stack for one test module, its profile selected in os.environ."""
+    stack = start_local_stack(tmp_path_factory.mktemp("stack"))
+    saved = {name: os.environ.get(name) for name in stack.env}
+    hidden = {n: os.environ.pop(n) for n in list(os.environ) if n.startswith("AWS_ENDPOINT_URL")}
+    os.environ.update(stack.env)
+    try:
+        yield stack
+    finally:
+        stop_process(stack.sagemaker, timeout=60)
+        stop_process(stack.aws.process)
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+        os.environ.update(hidden)

@@ -17,7 +17,7 @@ import boto3
 import pytest
 from moto.server import ThreadedMotoServer
 
-from scripts.deploy import LAMBDA_FUNCTIONS, DeployOptions, Deployer
+from scripts.deploy import LAMBDA_FUNCTIONS, Deployer, DeployOptions
 from scripts.settings import Settings
 from services.local_aws.profile import write_profile
 from statemachine.definition import load_template
@@ -50,9 +50,22 @@ class RecordedPush:
     def __call__(self, image_uri: str, context: Path) -> None:
         self.calls.append((image_uri, context))
         repository, tag = image_uri.split("/", 1)[1].rsplit(":", 1)
-        manifest = {"schemaVersion": 2, "config": {"digest": "sha256:" + "0" * 64, "size": 1}}
+        media_type = "application/vnd.docker.distribution.manifest.v2+json"
+        manifest = {
+            "schemaVersion": 2,
+            "mediaType": media_type,
+            "config": {
+                "mediaType": "application/vnd.docker.container.image.v1+json",
+                "digest": "sha256:" + "0" * 64,
+                "size": 1,
+            },
+            "layers": [],
+        }
         boto3.client("ecr").put_image(
-            repositoryName=repository, imageManifest=json.dumps(manifest), imageTag=tag
+            repositoryName=repository,
+            imageManifest=json.dumps(manifest),
+            imageManifestMediaType=media_type,
+            imageTag=tag,
         )
 
 
@@ -114,7 +127,8 @@ def test_aws_deploy_creates_every_resource_then_changes_nothing(
 
     def statements(role: str) -> list[dict[str, Any]]:
         document = iam.get_role_policy(RoleName=role, PolicyName="permissions")["PolicyDocument"]
-        return document["Statement"] if isinstance(document, dict) else json.loads(document)["Statement"]
+        parsed = document if isinstance(document, dict) else json.loads(document)
+        return list(parsed["Statement"])
 
     serialize = statements("scones-serialize-image-data")
     assert serialize[0] == {
