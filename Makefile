@@ -17,7 +17,7 @@ PROFILE_ENV = $(if $(AWS_PROFILE),,$(LOCAL_AWS_ENV))
 export BACKEND
 
 .DEFAULT_GOAL := help
-.PHONY: help venv up down status env deploy deploy-plan deploy-aws data train demo graph test lint format typecheck bench clean
+.PHONY: help venv up down status env deploy deploy-plan deploy-aws data train demo graph lambdas test lint format typecheck bench clean
 
 help: ## List the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -83,8 +83,12 @@ format: $(STAMP) ## ruff format and autofix
 typecheck: $(STAMP) ## mypy on the project's packages
 	@$(VENV)/bin/mypy
 
-bench: $(STAMP) ## Benchmarks (ratios against baselines run in the same script)
-	@$(PY) -m benchmarks.bench_local_aws
+BENCHMARKS ?= bench_local_aws bench_workflow bench_serving bench_train
+bench: $(STAMP) ## Benchmarks (ratios against baselines run in the same script); BENCHMARKS=... picks
+	@set -e; for b in $(BENCHMARKS); do echo "== $$b"; $(PY) -m benchmarks.$$b; done
+
+lambdas: $(STAMP) ## Build the three Lambda zips (reproducible) into .state/build/lambdas
+	@$(PY) -m lambdas.package --out $(STATE_DIR)/build/lambdas
 
 clean: ## Stop the stack and remove the state folder (keeps .venv)
 	@-test -x $(PY) && $(PY) -m scripts.stack down
