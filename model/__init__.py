@@ -1,0 +1,1 @@
+"""The image classifier: networks, the SageMaker training script, inference hooks, packing."""

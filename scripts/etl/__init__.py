@@ -1,0 +1,1 @@
+"""CIFAR-100 ETL: extract (archive), synthesise (synthetic), transform, load; CLI in __main__."""
