@@ -101,6 +101,13 @@ def start_local_aws(state_dir: Path, extra_args: list[str] | None = None) -> Loc
     return LocalAws(endpoint_url, state_dir, env, process, log_path)
 
 
+def reset_boto3() -> None:
+    """Forget boto3's default session: it caches the config file of the profile it first saw."""
+    import boto3
+
+    boto3.DEFAULT_SESSION = None
+
+
 @pytest.fixture(scope="session")
 def local_aws(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalAws]:
     """A real emulator for the whole session, with the `local` profile selected in os.environ."""
@@ -114,6 +121,7 @@ def local_aws(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalAws]:
         or name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
     }
     os.environ.update(emulator.env)
+    reset_boto3()
     try:
         yield emulator
     finally:
@@ -124,6 +132,7 @@ def local_aws(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalAws]:
             else:
                 os.environ[name] = value
         os.environ.update(hidden)
+        reset_boto3()
 
 
 def free_port() -> int:
@@ -186,6 +195,7 @@ def local_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack
     saved = {name: os.environ.get(name) for name in stack.env}
     hidden = {n: os.environ.pop(n) for n in list(os.environ) if n.startswith("AWS_ENDPOINT_URL")}
     os.environ.update(stack.env)
+    reset_boto3()
     try:
         yield stack
     finally:
@@ -197,3 +207,4 @@ def local_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack
             else:
                 os.environ[name] = value
         os.environ.update(hidden)
+        reset_boto3()

@@ -21,6 +21,7 @@ from scripts.deploy import LAMBDA_FUNCTIONS, Deployer, DeployOptions
 from scripts.settings import Settings
 from services.local_aws.profile import write_profile
 from statemachine.definition import load_template
+from tests.conftest import reset_boto3
 
 
 @pytest.fixture
@@ -35,10 +36,13 @@ def fake_aws(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     # No `services` section: SageMaker too goes to moto, i.e. to "AWS".
     for name, value in write_profile(tmp_path / "aws", endpoint, None, profile="fakeaws").items():
         monkeypatch.setenv(name, value)
+    reset_boto3()
     try:
         yield endpoint
     finally:
         server.stop()
+        monkeypatch.undo()
+        reset_boto3()
 
 
 class RecordedPush:

@@ -41,6 +41,7 @@ from PIL import Image
 from services.local_aws.profile import write_profile
 from services.sagemaker_local.capture import CaptureSettings, capture_key, capture_record
 from services.sagemaker_local.hosting import ModelArchiveError, safe_extract
+from tests.conftest import reset_boto3
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEADLINE_S = 90.0
@@ -296,6 +297,7 @@ def profile(local_aws: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterato
     )
     saved = {name: os.environ.get(name) for name in env}
     os.environ.update(env)
+    reset_boto3()
     try:
         yield {"port": port, "url": sm_url, "env": env}
     finally:
@@ -304,6 +306,7 @@ def profile(local_aws: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterato
                 os.environ.pop(name, None)
             else:
                 os.environ[name] = value
+        reset_boto3()
 
 
 def process_env(**extra: str) -> dict[str, str]:
