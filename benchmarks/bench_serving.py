@@ -1,29 +1,33 @@
-"""Serving benchmark: the model's hooks in-process vs the model server over HTTP.
+"""Serving benchmark: the model's hooks in-process vs the model server direct vs InvokeEndpoint.
 
-For one model directory (default: a tiny CNN written to a temp folder; pass `--model-dir` for the
-real one) and one 32x32 PNG it measures
+For one model directory (default: the project's small CNN from model/, random weights, written by
+model/train.py's save_model; `--model-dir` for another) and one 32x32 PNG it measures
   - raw: input_fn+predict_fn+output_fn in this process, batch size 1 and batched (the floor),
   - server: the model server over HTTP (keep-alive connections) at concurrency 1, 8, 32,
-and prints req/s, p50 and p99 (best of `--repeat` interleaved rounds), with the goals checked:
-p50 at C=1 within 2 ms of the raw bs-1 p50, and C=32 throughput at least 70 % of raw batched.
+  - InvokeEndpoint: boto3's sagemaker-runtime client -> sagemaker-local -> model server, on the
+    embedded stack (local_aws + sagemaker-local, started here, the model packed as model.tar.gz
+    and uploaded to its S3), one client per thread, at the same concurrency levels; with a second
+    endpoint capturing 100 % of its traffic unless `--no-capture`; `--no-invoke-endpoint` skips
+    both. The endpoint's server gets the direct server's settings through the Model's container
+    Environment (SAGEMAKER_MODEL_SERVER_WORKERS, SAGEMAKER_TS_BATCH_SIZE, ...),
+  - sagemaker-local over plain HTTP with the direct row's client (it checks no signature): the
+    same hop as InvokeEndpoint without boto3, to tell sagemaker-local's cost from the client's,
+and prints req/s, p50 and p99 (best of `--repeat` interleaved rounds; every client sends
+WARMUP untimed requests first and the clock starts once all are warm), with the goals checked for
+the direct server and for InvokeEndpoint: p50 at C=1 within 2 ms of the raw bs-1 p50, and C=32
+throughput at least 70 % of raw batched; then what InvokeEndpoint adds over direct at each C.
 
-More rows plug in through `extra_rows`: a function given the PNG and the concurrency levels that
-returns rows, e.g. one built with `invoke_rows` around boto3's InvokeEndpoint:
-
-    def through_invoke_endpoint(payload, levels, requests):
-        runtime = boto3.client("sagemaker-runtime")
-        call = lambda body: runtime.invoke_endpoint(
-            EndpointName=name, ContentType="image/png", Body=body)["Body"].read()
-        return invoke_rows("InvokeEndpoint", call, payload, levels, requests)
-
-    main(extra_rows=[through_invoke_endpoint])
+More rows plug in through `extra_rows`: functions given the PNG, the concurrency levels and the
+request count that return rows, e.g. built with `invoke_rows(name, call, payload, levels, n)`
+around any blocking call: `main(extra_rows=[my_rows])`.
 
 `--torchserve` adds TorchServe rows for the same hooks and batch settings when `torchserve` and
 `torch-model-archiver` are on PATH (they are not project dependencies; e.g.
 `pip install --target /tmp/ts torchserve==0.12.0 torch-model-archiver==0.12.0 wheel enum-compat
 --no-deps`, then PATH=/tmp/ts/bin:$PATH PYTHONPATH=/tmp/ts; Java 17 needed).
 
-Run: `python -m benchmarks.bench_serving [--model-dir DIR] [--requests N] [--json out.json]`.
+Run: `python -m benchmarks.bench_serving [--model-dir DIR] [--requests N] [--repeat R]
+[--no-invoke-endpoint] [--no-capture] [--json out.json]`.
 """
 
 from __future__ import annotations
@@ -45,10 +49,12 @@ import textwrap
 import threading
 import time
 import urllib.request
+import uuid
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 import numpy as np
@@ -59,55 +65,9 @@ from services.model_server.handler import InferenceRequest, ModelHandler
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 LEVELS = (1, 8, 32)
-
-# A tiny CNN of the project's shape (3x32x32 in, class probabilities out) for when no model
-# directory is given; the real one comes from model/ through --model-dir.
-TINY_INFERENCE_PY = textwrap.dedent(
-    """
-    import io
-    import json
-
-    import numpy as np
-    import torch
-    from PIL import Image
-    from torch import nn
-
-
-    class TinyCNN(nn.Module):
-        def __init__(self, num_classes=2):
-            super().__init__()
-            self.features = nn.Sequential(
-                nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-                nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-                nn.AdaptiveAvgPool2d(1), nn.Flatten(),
-            )
-            self.classifier = nn.Linear(32, num_classes)
-
-        def forward(self, x):
-            return self.classifier(self.features(x))
-
-
-    def model_fn(model_dir):
-        model = TinyCNN()
-        model.load_state_dict(torch.load(f"{model_dir}/model.pth", weights_only=True))
-        return model.eval()
-
-
-    def input_fn(body, content_type):
-        image = Image.open(io.BytesIO(body)).convert("RGB")
-        array = np.asarray(image, dtype=np.float32) / 255.0
-        return torch.from_numpy(array).permute(2, 0, 1).unsqueeze(0)
-
-
-    def predict_fn(data, model):
-        with torch.inference_mode():
-            return torch.softmax(model(data), dim=1)
-
-
-    def output_fn(prediction, accept):
-        return json.dumps(prediction[0].tolist())
-    """
-)
+WARMUP = 10  # requests per client before timing, on every served path alike
+CIFAR100_MEAN = [0.507075, 0.486549, 0.440918]
+CIFAR100_STD = [0.267334, 0.256438, 0.276151]
 
 
 @dataclass
@@ -121,21 +81,37 @@ class Row:
     p50_ms: float
     p99_ms: float
     mean_batch: float | None = None
+    # CPU time of this (the measuring) process per request: the compute itself for the raw
+    # rows, the load generator's own cost (sharing the CPUs with the servers) for the others.
+    bench_cpu_ms: float | None = None
+
+
+class Clock:
+    """Wall and process CPU time since start()."""
+
+    def __init__(self) -> None:
+        self.start()
+
+    def start(self) -> None:
+        """Start (again) now."""
+        self.wall, self.cpu = time.perf_counter(), time.process_time()
 
 
 ExtraRows = Callable[[bytes, Sequence[int], int], list[Row]]
 
 
-def write_tiny_model(root: Path) -> Path:
-    """Write the tiny CNN's model directory (weights + code/inference.py) under root."""
-    model_dir = root / "tiny_model"
-    (model_dir / "code").mkdir(parents=True, exist_ok=True)
-    (model_dir / "code" / "inference.py").write_text(TINY_INFERENCE_PY)
-    namespace: dict[str, object] = {}
-    exec(compile(TINY_INFERENCE_PY, "tiny_inference", "exec"), namespace)
+def write_small_cnn(root: Path) -> Path:
+    """The project's small CNN with random weights, written by model/train.py's save_model."""
+    from model import networks, train
+    from scripts.etl.transform import DEFAULT_CLASSES
+
+    classes = list(DEFAULT_CLASSES)
     torch.manual_seed(0)
-    model = namespace["TinyCNN"]()  # type: ignore[operator]
-    torch.save(model.state_dict(), model_dir / "model.pth")
+    model = networks.build_network("small_cnn", len(classes)).eval()
+    # Serving cost does not depend on the weights' values, so no training: epochs 0 says so.
+    args = argparse.Namespace(model="small_cnn", epochs=0, seed=0)
+    model_dir = root / "small_cnn"
+    train.save_model(model_dir, model, args, classes, CIFAR100_MEAN, CIFAR100_STD, 0.0)
     return model_dir
 
 
@@ -147,8 +123,9 @@ def png_32x32(seed: int = 0) -> bytes:
     return buffer.getvalue()
 
 
-def summarise(name: str, concurrency: int, latencies: list[float], elapsed: float) -> Row:
-    """A row from per-request latencies (s) and the wall time of the run."""
+def summarise(name: str, concurrency: int, latencies: list[float], clock: Clock) -> Row:
+    """A row from per-request latencies (s) and the clock started with the timed run."""
+    elapsed, cpu = time.perf_counter() - clock.wall, time.process_time() - clock.cpu
     ordered = sorted(latencies)
     p99 = ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))]
     return Row(
@@ -158,6 +135,7 @@ def summarise(name: str, concurrency: int, latencies: list[float], elapsed: floa
         len(latencies) / elapsed,
         statistics.median(ordered) * 1000,
         p99 * 1000,
+        bench_cpu_ms=cpu / len(latencies) * 1000,
     )
 
 
@@ -187,27 +165,25 @@ class RawRunner:
     def bs1(self, requests: int) -> Row:
         """One image at a time: the latency floor."""
         latencies = []
-        started = time.perf_counter()
+        clock = Clock()
         for _ in range(requests):
             t0 = time.perf_counter()
             self.one()
             latencies.append(time.perf_counter() - t0)
-        return summarise("raw in-process, bs 1", 1, latencies, time.perf_counter() - started)
+        return summarise("raw in-process, bs 1", 1, latencies, clock)
 
     def batched(self, requests: int) -> Row:
         """Full batches through handle_batch (one predict_fn each): the throughput ceiling."""
         latencies = []
-        started = time.perf_counter()
+        clock = Clock()
         for _ in range(max(1, requests // self.batch_size)):
             t0 = time.perf_counter()
             self.handler.handle_batch(self.batch)
             latencies.append(time.perf_counter() - t0)
-        elapsed = time.perf_counter() - started
-        row = summarise(
-            f"raw in-process, bs {self.batch_size}", self.batch_size, latencies, elapsed
-        )
+        row = summarise(f"raw in-process, bs {self.batch_size}", self.batch_size, latencies, clock)
         row.requests *= self.batch_size
         row.req_per_s *= self.batch_size
+        row.bench_cpu_ms = (row.bench_cpu_ms or 0.0) / self.batch_size
         return row
 
 
@@ -251,12 +227,20 @@ async def _http_load(name: str, url_text: str, payload: bytes, concurrency: int,
     ).encode() + payload
     latencies: list[float] = []
     remaining = [n]
+    warmed, clock = [0], Clock()
+    all_warm = asyncio.Event()
 
     async def client() -> None:
         reader, writer = await asyncio.open_connection(host, port)
         try:
-            for _ in range(10):  # warm-up, not counted
+            for _ in range(WARMUP):  # not counted
                 await _exchange(reader, writer, wire)
+            # The clock starts once every client is warm, so warm-ups never count as load.
+            warmed[0] += 1
+            if warmed[0] == concurrency:
+                clock.start()
+                all_warm.set()
+            await all_warm.wait()
             while remaining[0] > 0:
                 remaining[0] -= 1
                 t0 = time.perf_counter()
@@ -265,9 +249,8 @@ async def _http_load(name: str, url_text: str, payload: bytes, concurrency: int,
         finally:
             writer.close()
 
-    started = time.perf_counter()
     await asyncio.gather(*(client() for _ in range(concurrency)))
-    return summarise(name, concurrency, latencies, time.perf_counter() - started)
+    return summarise(name, concurrency, latencies, clock)
 
 
 async def _exchange(
@@ -285,41 +268,61 @@ async def _exchange(
         raise RuntimeError(f"server answered {status}: {body[:200]!r}")
 
 
+Invoke = Callable[[bytes], object]
+
+
 def invoke_rows(
     name: str,
-    invoke: Callable[[bytes], object],
+    invoke: Invoke | Sequence[Invoke],
     payload: bytes,
     levels: Sequence[int],
     requests: int,
 ) -> list[Row]:
-    """Rows for any blocking invoke function (e.g. boto3 InvokeEndpoint), one thread per client."""
+    """Rows for a blocking invoke function (e.g. boto3 InvokeEndpoint), one thread per client.
+
+    `invoke` is one function shared by every thread, or one per client (at least max(levels)).
+    """
     return [_invoke_load(name, invoke, payload, c, requests) for c in levels]
 
 
 def _invoke_load(
-    name: str, invoke: Callable[[bytes], object], payload: bytes, concurrency: int, n: int
+    name: str, invoke: Invoke | Sequence[Invoke], payload: bytes, concurrency: int, n: int
 ) -> Row:
+    invokers = [invoke] * concurrency if callable(invoke) else list(invoke)[:concurrency]
+    if len(invokers) < concurrency:
+        raise ValueError(f"{len(invokers)} invoke functions for concurrency {concurrency}")
     latencies: list[float] = []
     lock = threading.Lock()
     remaining = [n]
+    clock = Clock()
+    # The clock starts once every client is warm, so warm-ups never count as load.
+    all_warm = threading.Barrier(concurrency, action=clock.start)
 
-    def client() -> None:
-        for _ in range(5):  # warm-up, not counted
-            invoke(payload)
+    def client(call: Invoke) -> None:
+        try:
+            for _ in range(WARMUP):  # not counted
+                call(payload)
+        except BaseException:
+            all_warm.abort()  # a failed client must not leave the others waiting forever
+            raise
+        all_warm.wait()
         while True:
             with lock:
                 if remaining[0] <= 0:
                     return
                 remaining[0] -= 1
             t0 = time.perf_counter()
-            invoke(payload)
+            call(payload)
             latencies.append(time.perf_counter() - t0)
 
-    started = time.perf_counter()
     with ThreadPoolExecutor(concurrency) as pool:
-        for future in [pool.submit(client) for _ in range(concurrency)]:
-            future.result()
-    return summarise(name, concurrency, latencies, time.perf_counter() - started)
+        futures = [pool.submit(client, call) for call in invokers]
+    errors = [e for e in (f.exception() for f in futures) if e is not None]
+    if errors:  # the cause, not the broken barrier it left behind
+        raise next(
+            (e for e in errors if not isinstance(e, threading.BrokenBarrierError)), errors[0]
+        )
+    return summarise(name, concurrency, latencies, clock)
 
 
 # --- the model server process ----------------------------------------------------------------
@@ -387,6 +390,199 @@ def batch_totals(metrics_text: str) -> tuple[float, float]:
         values.get("model_server_batch_size_sum", 0.0),
         values.get("model_server_batch_size_count", 0.0),
     )
+
+
+# --- through InvokeEndpoint (boto3 -> sagemaker-local -> model server) ------------------------
+
+# sagemaker-local runs the project's model server whatever the image; the name is for parity.
+IMAGE = "123456789012.dkr.ecr.us-east-1.amazonaws.com/scones-model-server:latest"
+ROLE = "arn:aws:iam::123456789012:role/bench-serving"
+INVOKE_ENDPOINT = "InvokeEndpoint"
+INVOKE_CAPTURE = "InvokeEndpoint + 100% capture"
+# The same hop as InvokeEndpoint without boto3 (sagemaker-local does not check signatures): what
+# sagemaker-local costs, apart from the client's serialising, signing and parsing.
+SAGEMAKER_LOCAL_HTTP = "sagemaker-local, HTTP (no boto3)"
+
+
+def container_environment(
+    workers: int, threads: int, max_batch_size: int, max_batch_delay_ms: float
+) -> dict[str, str]:
+    """The Model's container Environment giving the endpoint the direct server's settings."""
+    return {
+        "SAGEMAKER_MODEL_SERVER_WORKERS": str(workers),
+        "SAGEMAKER_TS_BATCH_SIZE": str(max_batch_size),
+        "SAGEMAKER_TS_MAX_BATCH_DELAY": f"{max_batch_delay_ms:g}",
+        "MODEL_SERVER_THREADS_PER_WORKER": str(threads),
+    }
+
+
+class EndpointStack:
+    """The embedded stack (local_aws + sagemaker-local) serving a model dir behind endpoints.
+
+    Inside the `with` block the stack's AWS profile is selected in os.environ, so plain boto3
+    clients reach it; the endpoints are InService and `clients` runtime clients are ready.
+    """
+
+    def __init__(
+        self,
+        state_dir: Path,
+        model_dir: Path,
+        environment: dict[str, str],
+        capture: bool,
+        clients: int,
+    ) -> None:
+        self.state_dir = state_dir
+        self.model_dir = model_dir
+        self.environment = environment
+        self.capture = capture
+        self.clients = clients
+        self.endpoints: dict[str, str] = {}  # row name -> endpoint name
+        self.runtimes: list[Any] = []
+        self.bucket = f"bench-serving-{uuid.uuid4().hex[:12]}"
+        self.seconds_to_in_service = 0.0
+        self._stack: Any = None
+        self._saved: dict[str, str | None] = {}
+        self._hidden: dict[str, str] = {}
+
+    def __enter__(self) -> EndpointStack:
+        from tests.conftest import start_local_stack
+
+        self._stack = start_local_stack(self.state_dir)
+        try:
+            self._select_profile()
+            self._deploy()
+        except BaseException:
+            self.__exit__()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        from tests.conftest import reset_boto3, stop_process
+
+        self.runtimes.clear()
+        try:
+            stop_process(self._stack.sagemaker, timeout=60)  # stops its model servers too
+        finally:
+            stop_process(self._stack.aws.process)
+            for name, value in self._saved.items():
+                if value is None:
+                    os.environ.pop(name, None)
+                else:
+                    os.environ[name] = value
+            os.environ.update(self._hidden)
+            reset_boto3()
+
+    def _select_profile(self) -> None:
+        from tests.conftest import reset_boto3
+
+        self._saved = {name: os.environ.get(name) for name in self._stack.env}
+        # Nothing else may steer boto3 away from the profile (the parity rule: no endpoint_url).
+        self._hidden = {
+            name: os.environ.pop(name)
+            for name in list(os.environ)
+            if name.startswith("AWS_ENDPOINT_URL")
+            or name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")
+        }
+        os.environ.update(self._stack.env)
+        reset_boto3()
+
+    def _deploy(self) -> None:
+        import boto3
+        from botocore.config import Config
+
+        from model.pack import pack_model
+
+        started = time.monotonic()
+        s3 = boto3.client("s3")
+        s3.create_bucket(Bucket=self.bucket)
+        archive = pack_model(self.model_dir, self.state_dir / "model.tar.gz")
+        s3.upload_file(str(archive), self.bucket, "models/bench-serving/model.tar.gz")
+        sagemaker = boto3.client("sagemaker")
+        sagemaker.create_model(
+            ModelName="bench-serving",
+            PrimaryContainer={
+                "Image": IMAGE,
+                "ModelDataUrl": f"s3://{self.bucket}/models/bench-serving/model.tar.gz",
+                "Environment": self.environment,
+            },
+            ExecutionRoleArn=ROLE,
+        )
+        variants = [
+            {
+                "VariantName": "AllTraffic",
+                "ModelName": "bench-serving",
+                "InitialInstanceCount": 1,
+                "InstanceType": "ml.m5.large",
+            }
+        ]
+        configs: dict[str, dict[str, Any]] = {INVOKE_ENDPOINT: {}}
+        if self.capture:
+            configs[INVOKE_CAPTURE] = {
+                "DataCaptureConfig": {
+                    "EnableCapture": True,
+                    "InitialSamplingPercentage": 100,
+                    "DestinationS3Uri": f"s3://{self.bucket}/capture",
+                    "CaptureOptions": [{"CaptureMode": "Input"}, {"CaptureMode": "Output"}],
+                    "CaptureContentTypeHeader": {"JsonContentTypes": ["application/json"]},
+                }
+            }
+        for row_name, extra in configs.items():
+            name = "bench-serving-capture" if extra else "bench-serving"
+            sagemaker.create_endpoint_config(
+                EndpointConfigName=name, ProductionVariants=variants, **extra
+            )
+            sagemaker.create_endpoint(EndpointName=name, EndpointConfigName=name)
+            self.endpoints[row_name] = name
+        waiter = sagemaker.get_waiter("endpoint_in_service")
+        for name in self.endpoints.values():
+            waiter.wait(EndpointName=name, WaiterConfig={"Delay": 1, "MaxAttempts": 180})
+        self.seconds_to_in_service = time.monotonic() - started
+        # One client per thread: no thread waits on another's connection pool. No retries, so a
+        # failed call fails the run instead of hiding in the latencies.
+        config = Config(max_pool_connections=2, retries={"total_max_attempts": 1}, read_timeout=120)
+        self.runtimes = [
+            boto3.client("sagemaker-runtime", config=config) for _ in range(self.clients)
+        ]
+
+    def check(self, payload: bytes) -> None:
+        """One call per endpoint, its answer checked: the benchmark measures real predictions."""
+        for name in self.endpoints.values():
+            answer = self.runtimes[0].invoke_endpoint(
+                EndpointName=name, ContentType="image/png", Accept="application/json", Body=payload
+            )
+            body = json.loads(answer["Body"].read())
+            if "probabilities" not in body:
+                raise RuntimeError(f"{name} answered {str(body)[:200]}")
+
+    def rows(self, payload: bytes, levels: Sequence[int], requests: int) -> list[Row]:
+        """sagemaker-local over plain HTTP, then InvokeEndpoint for every endpoint, at each C."""
+        path = f"/endpoints/{self.endpoints[INVOKE_ENDPOINT]}/invocations"
+        url = self._stack.sagemaker_url
+        rows = http_rows(SAGEMAKER_LOCAL_HTTP, url, payload, levels, requests, path=path)
+        for row_name, endpoint in self.endpoints.items():
+            calls = [_endpoint_call(runtime, endpoint) for runtime in self.runtimes]
+            rows += invoke_rows(row_name, calls, payload, levels, requests)
+        return rows
+
+    def captured_objects(self) -> int:
+        """How many capture files the capture endpoint has written to S3 so far."""
+        import boto3
+
+        pages = boto3.client("s3").get_paginator("list_objects_v2")
+        return sum(
+            page.get("KeyCount", 0)
+            for page in pages.paginate(Bucket=self.bucket, Prefix="capture/")
+        )
+
+
+def _endpoint_call(runtime: Any, endpoint: str) -> Invoke:
+    def call(body: bytes) -> bytes:
+        answer = runtime.invoke_endpoint(
+            EndpointName=endpoint, ContentType="image/png", Accept="application/json", Body=body
+        )
+        return bytes(answer["Body"].read())
+
+    return call
 
 
 # --- TorchServe, for comparison (optional) ---------------------------------------------------
@@ -505,43 +701,70 @@ def _wait_for_torchserve(process: subprocess.Popen[bytes], model_url: str) -> No
 def table(rows: Sequence[Row]) -> str:
     """Rows as a Markdown table."""
     lines = [
-        "| path | concurrency | requests | req/s | p50 ms | p99 ms | mean batch |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        "| path | concurrency | requests | req/s | p50 ms | p99 ms | mean batch "
+        "| bench CPU ms/req |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     lines += [
         f"| {r.name} | {r.concurrency} | {r.requests} | {r.req_per_s:,.0f} | {r.p50_ms:.2f} "
-        f"| {r.p99_ms:.2f} | {'' if r.mean_batch is None else f'{r.mean_batch:.1f}'} |"
+        f"| {r.p99_ms:.2f} | {'' if r.mean_batch is None else f'{r.mean_batch:.1f}'} "
+        f"| {'' if r.bench_cpu_ms is None else f'{r.bench_cpu_ms:.2f}'} |"
         for r in rows
     ]
     return "\n".join(lines)
 
 
-def goals(raw: list[Row], server: list[Row]) -> list[str]:
-    """The two goals, checked."""
+def goals(raw: list[Row], served: list[Row], path: str) -> list[str]:
+    """The two goals, checked for one served path."""
     floor, batched = raw[0], raw[1]
-    c1 = next(r for r in server if r.concurrency == 1)
-    c32 = next((r for r in server if r.concurrency == 32), server[-1])
+    c1 = min(served, key=lambda r: r.concurrency)
+    c32 = next((r for r in served if r.concurrency == 32), max(served, key=lambda r: r.concurrency))
     gap = c1.p50_ms - floor.p50_ms
     share = c32.req_per_s / batched.req_per_s
     return [
-        f"p50 at C=1 is {gap:+.2f} ms from the raw floor (goal: within 2 ms): "
-        f"{'met' if gap <= 2 else 'NOT met'}",
-        f"C={c32.concurrency} throughput is {share:.0%} of raw batched (goal: >= 70%): "
-        f"{'met' if share >= 0.7 else 'NOT met'}",
+        f"{path}: p50 at C={c1.concurrency} is {gap:+.2f} ms from the raw floor "
+        f"(goal: within 2 ms): {'met' if gap <= 2 else 'NOT met'}",
+        f"{path}: C={c32.concurrency} throughput is {share:.0%} of raw batched "
+        f"(goal: >= 70%): {'met' if share >= 0.7 else 'NOT met'}",
+    ]
+
+
+def overhead(direct: list[Row], through: list[Row]) -> list[str]:
+    """What a path adds over the direct server, concurrency by concurrency."""
+    by_level = {r.concurrency: r for r in direct}
+    return [
+        f"{r.name} over direct at C={r.concurrency}: p50 {r.p50_ms - d.p50_ms:+.2f} ms, "
+        f"p99 {r.p99_ms - d.p99_ms:+.2f} ms, throughput {r.req_per_s / d.req_per_s:.0%} of direct"
+        for r in through
+        if (d := by_level.get(r.concurrency))
     ]
 
 
 def main(argv: list[str] | None = None, extra_rows: Sequence[ExtraRows] = ()) -> int:
-    """Run the benchmark and print the table; extra_rows add paths (e.g. InvokeEndpoint)."""
+    """Run the benchmark and print the table; extra_rows add more paths."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model-dir", type=Path, help="default: a tiny CNN written to a temp dir")
-    parser.add_argument("--requests", type=int, default=1000, help="per row and round")
+    parser.add_argument(
+        "--model-dir", type=Path, help="default: the small CNN, random weights, in a temp dir"
+    )
+    parser.add_argument("--requests", type=int, default=600, help="per row and round")
     parser.add_argument("--repeat", type=int, default=3, help="rounds; the best of each row counts")
     parser.add_argument("--concurrency", default=",".join(map(str, LEVELS)))
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--threads-per-worker", type=int, default=1, help="also raw's threads")
     parser.add_argument("--max-batch-size", type=int, default=8)
     parser.add_argument("--max-batch-delay-ms", type=float, default=0.0)
+    parser.add_argument(
+        "--no-invoke-endpoint",
+        dest="invoke_endpoint",
+        action="store_false",
+        help="skip the InvokeEndpoint rows (boto3 -> sagemaker-local -> model server)",
+    )
+    parser.add_argument(
+        "--no-capture",
+        dest="capture",
+        action="store_false",
+        help="skip the InvokeEndpoint row whose endpoint captures 100%% of the traffic",
+    )
     parser.add_argument(
         "--torchserve",
         action="store_true",
@@ -552,8 +775,9 @@ def main(argv: list[str] | None = None, extra_rows: Sequence[ExtraRows] = ()) ->
     levels = [int(c) for c in args.concurrency.split(",")]
 
     load_before = os.getloadavg()[0]
-    with tempfile.TemporaryDirectory() as scratch:
-        model_dir = args.model_dir or write_tiny_model(Path(scratch))
+    started = time.monotonic()
+    with tempfile.TemporaryDirectory() as scratch, contextlib.ExitStack() as services:
+        model_dir = args.model_dir or write_small_cnn(Path(scratch))
         payload = png_32x32()
         raw_runner = RawRunner(model_dir, payload, args.max_batch_size, args.threads_per_worker)
         server_args = [
@@ -562,32 +786,57 @@ def main(argv: list[str] | None = None, extra_rows: Sequence[ExtraRows] = ()) ->
             "--max-batch-size", str(args.max_batch_size),
             "--max-batch-delay-ms", str(args.max_batch_delay_ms),
         ]  # fmt: skip
-        rounds: list[list[Row]] = []
-        with ServerProcess(model_dir, server_args) as server:
-            # Interleaved rounds, best of each row: shared CPUs make single runs noisy.
-            for _ in range(args.repeat):
-                rounds.append(
-                    [raw_runner.bs1(args.requests), raw_runner.batched(args.requests)]
-                    + [server_row(server, payload, c, args.requests) for c in levels]
+        server = services.enter_context(ServerProcess(model_dir, server_args))
+        endpoints = None
+        if args.invoke_endpoint:
+            environment = container_environment(
+                args.workers, args.threads_per_worker, args.max_batch_size, args.max_batch_delay_ms
+            )
+            endpoints = services.enter_context(
+                EndpointStack(
+                    Path(scratch) / "stack", model_dir, environment, args.capture, max(levels)
                 )
-        raw_and_served = [best(measurements) for measurements in zip(*rounds, strict=True)]
-        raw, served = raw_and_served[:2], raw_and_served[2:]
+            )
+            endpoints.check(payload)
+        rounds: list[list[Row]] = []
+        # Interleaved rounds, best of each row: shared CPUs make single runs noisy.
+        for _ in range(args.repeat):
+            rounds.append(
+                [raw_runner.bs1(args.requests), raw_runner.batched(args.requests)]
+                + [server_row(server, payload, c, args.requests) for c in levels]
+                + (endpoints.rows(payload, levels, args.requests) if endpoints else [])
+            )
+        measured = [best(measurements) for measurements in zip(*rounds, strict=True)]
+        raw, served = measured[:2], measured[2 : 2 + len(levels)]
+        invoked = measured[2 + len(levels) :]
+        captured = endpoints.captured_objects() if endpoints and args.capture else None
+        in_service_s = endpoints.seconds_to_in_service if endpoints else None
         extra = [row for rows in extra_rows for row in rows(payload, levels, args.requests)]
         if args.torchserve:
             extra += torchserve_rows(model_dir, payload, levels, args.requests,
                                      args.max_batch_size, args.max_batch_delay_ms,
                                      args.repeat)  # fmt: skip
 
-    rows = raw + served + extra
-    model_name = model_dir if args.model_dir else "tiny CNN (built-in)"
+    rows = raw + served + invoked + extra
+    model_name = model_dir if args.model_dir else "small_cnn (model/, random weights)"
     print(f"model: {model_name}; payload: {len(payload)}-byte 32x32 PNG; server: "
           f"{' '.join(server_args)}; cpus: {len(os.sched_getaffinity(0))}; "
           f"load average before: {load_before:.1f}")  # fmt: skip
+    if in_service_s is not None:
+        print(f"endpoints InService {in_service_s:.1f} s after the stack was up "
+              f"(bucket, pack, upload, create, wait)")  # fmt: skip
     print(table(rows))
-    print(f"best of {args.repeat} interleaved rounds; load average after: "
+    print(f"best of {args.repeat} interleaved rounds, {WARMUP} warm-up requests per client "
+          f"(not timed); {time.monotonic() - started:.0f} s in all; load average after: "
           f"{os.getloadavg()[0]:.1f} (other processes slow every figure)")  # fmt: skip
-    for line in goals(raw, served):
+    for line in goals(raw, served, "model server, HTTP"):
         print(line)
+    for path in dict.fromkeys(r.name for r in invoked):
+        path_rows = [r for r in invoked if r.name == path]
+        for line in goals(raw, path_rows, path) + overhead(served, path_rows):
+            print(line)
+    if captured is not None:
+        print(f"capture: {captured} files in S3 from the capture endpoint")
     if args.json:
         args.json.write_text(json.dumps([asdict(r) for r in rows], indent=2))
     return 0
