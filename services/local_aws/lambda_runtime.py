@@ -235,7 +235,7 @@ class Worker:
         self._log_offset = 0
         self._api = _RuntimeApiServer(self)
         threading.Thread(target=self._api.serve_forever, daemon=True, name="runtime-api").start()
-        host, port = self._api.server_address[:2]
+        host, port = str(self._api.server_address[0]), int(self._api.server_address[1])
         env = {name: os.environ[name] for name in _HOST_VARIABLES if name in os.environ}
         env.update(
             {

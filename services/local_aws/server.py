@@ -218,4 +218,4 @@ def _install_lambda_runtime(emulator: Emulator) -> None:
         response_headers["x-amz-log-result"] = outcome.log_tail_b64()
         return outcome.payload
 
-    models.LambdaFunction.invoke = invoke
+    models.LambdaFunction.invoke = invoke  # type: ignore[method-assign,assignment]
