@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import base64
 import contextlib
+import gzip
 import hashlib
 import io
 import json
@@ -138,8 +139,6 @@ def _digest(*parts: bytes | str) -> str:
 def reproducible_tar_gz(root: Path, include: Callable[[Path], bool]) -> bytes:
     """A .tar.gz of `root` with sorted entries, fixed times and owners: same files, same bytes."""
     buffer = io.BytesIO()
-    import gzip
-
     with (
         gzip.GzipFile(fileobj=buffer, mode="wb", mtime=0) as gz,
         tarfile.open(fileobj=gz, mode="w", format=tarfile.PAX_FORMAT) as tar,
@@ -568,17 +567,20 @@ class Deployer:
             return
         if job is None:
             s3.put_object(Bucket=result.bucket, Key=source_key, Body=source)
-            channel = lambda split: {  # noqa: E731 - a tiny local builder reads best inline
-                "ChannelName": split,
-                "DataSource": {
-                    "S3DataSource": {
-                        "S3DataType": "S3Prefix",
-                        "S3Uri": f"s3://{result.bucket}/{result.data_prefix}/{split}/",
-                        "S3DataDistributionType": "FullyReplicated",
-                    }
-                },
-                "InputMode": "File",
-            }
+
+            def channel(split: str) -> dict[str, Any]:
+                return {
+                    "ChannelName": split,
+                    "DataSource": {
+                        "S3DataSource": {
+                            "S3DataType": "S3Prefix",
+                            "S3Uri": f"s3://{result.bucket}/{result.data_prefix}/{split}/",
+                            "S3DataDistributionType": "FullyReplicated",
+                        }
+                    },
+                    "InputMode": "File",
+                }
+
             sagemaker.create_training_job(
                 TrainingJobName=name,
                 AlgorithmSpecification={
