@@ -40,7 +40,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -62,6 +61,7 @@ import torch
 from PIL import Image
 
 from services.model_server.handler import InferenceRequest, ModelHandler
+from tests.conftest import free_port
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 LEVELS = (1, 8, 32)
@@ -328,17 +328,11 @@ def _invoke_load(
 # --- the model server process ----------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 class ServerProcess:
     """`python -m services.model_server` on a free port for the length of a `with` block."""
 
     def __init__(self, model_dir: Path, server_args: Sequence[str]) -> None:
-        self.port = _free_port()
+        self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = tempfile.TemporaryFile()  # noqa: SIM115 - closed in __exit__
         self.process = subprocess.Popen(
@@ -639,7 +633,7 @@ def torchserve_rows(
              str(work / "handler.py"), "--export-path", str(work / "store")],
             check=True, cwd=work,
         )  # fmt: skip
-        inference, management, metrics = _free_port(), _free_port(), _free_port()
+        inference, management, metrics = free_port(), free_port(), free_port()
         model = {"defaultVersion": True, "marName": "bench.mar", "minWorkers": 1,
                  "maxWorkers": 1, "batchSize": batch_size, "maxBatchDelay": delay,
                  "responseTimeout": 120}  # fmt: skip

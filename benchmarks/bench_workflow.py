@@ -22,7 +22,6 @@ import io
 import json
 import multiprocessing
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -44,7 +43,7 @@ from botocore.config import Config
 from lambdas import package
 from services.local_aws.profile import write_profile
 from statemachine import definition
-from tests.conftest import REPO_ROOT, start_local_aws, stop_process
+from tests.conftest import REPO_ROOT, free_port, start_local_aws, stop_process
 
 ENDPOINT_NAME = "scones-bench"
 ANSWER = {"probabilities": [0.0125, 0.9875], "label": "motorcycle"}
@@ -135,18 +134,12 @@ def output_fn(prediction, accept):
 """
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 @contextlib.contextmanager
 def sagemaker_local_endpoint(emulator_url: str, state_dir: Path, bucket: str) -> Iterator[str]:
     """The real sagemaker-local serving a tiny CNN as ENDPOINT_NAME; yields its URL."""
     import torch
 
-    port = _free_port()
+    port = free_port()
     url = f"http://127.0.0.1:{port}"
     env = write_profile(state_dir / "sm-profile", emulator_url, sagemaker_endpoint=url)
     saved = {name: os.environ.get(name) for name in env}

@@ -108,24 +108,20 @@ def reset_boto3() -> None:
     boto3.DEFAULT_SESSION = None
 
 
-@pytest.fixture(scope="session")
-def local_aws(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalAws]:
-    """A real emulator for the whole session, with the `local` profile selected in os.environ."""
-    emulator = start_local_aws(tmp_path_factory.mktemp("local_aws"))
-    saved = {name: os.environ.get(name) for name in emulator.env}
-    # Nothing else may steer boto3 away from the profile.
+@contextlib.contextmanager
+def selected_profile(env: dict[str, str], hide: tuple[str, ...] = ()) -> Iterator[None]:
+    """Select a profile in os.environ (nothing else may steer boto3), then restore everything."""
+    saved = {name: os.environ.get(name) for name in env}
     hidden = {
         name: os.environ.pop(name)
         for name in list(os.environ)
-        if name.startswith("AWS_ENDPOINT_URL")
-        or name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
+        if name.startswith("AWS_ENDPOINT_URL") or name in hide
     }
-    os.environ.update(emulator.env)
+    os.environ.update(env)
     reset_boto3()
     try:
-        yield emulator
+        yield
     finally:
-        stop_process(emulator.process)
         for name, value in saved.items():
             if value is None:
                 os.environ.pop(name, None)
@@ -133,6 +129,17 @@ def local_aws(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalAws]:
                 os.environ[name] = value
         os.environ.update(hidden)
         reset_boto3()
+
+
+@pytest.fixture(scope="session")
+def local_aws(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalAws]:
+    """A real emulator for the whole session, with the `local` profile selected in os.environ."""
+    emulator = start_local_aws(tmp_path_factory.mktemp("local_aws"))
+    try:
+        with selected_profile(emulator.env, hide=("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")):
+            yield emulator
+    finally:
+        stop_process(emulator.process)
 
 
 def free_port() -> int:
@@ -192,19 +199,9 @@ def start_local_stack(state_dir: Path) -> LocalStack:
 def local_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
     """The embedded stack for one test module, its profile selected in os.environ."""
     stack = start_local_stack(tmp_path_factory.mktemp("stack"))
-    saved = {name: os.environ.get(name) for name in stack.env}
-    hidden = {n: os.environ.pop(n) for n in list(os.environ) if n.startswith("AWS_ENDPOINT_URL")}
-    os.environ.update(stack.env)
-    reset_boto3()
     try:
-        yield stack
+        with selected_profile(stack.env):
+            yield stack
     finally:
         stop_process(stack.sagemaker, timeout=60)
         stop_process(stack.aws.process)
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
-        os.environ.update(hidden)
-        reset_boto3()

@@ -20,7 +20,6 @@ import os
 import re
 import shlex
 import shutil
-import socket
 import subprocess
 import sys
 import urllib.request
@@ -36,7 +35,7 @@ import pytest
 import yaml
 
 from services.local_aws.profile import REGION, write_profile
-from tests.conftest import LocalAws, stop_process, wait_until_ready
+from tests.conftest import LocalAws, free_port, stop_process, wait_until_ready
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 COMPOSE_FILE = REPO_ROOT / "docker-compose.yml"
@@ -725,13 +724,6 @@ class Stack:
     backend: str
     aws_endpoint: str
     sagemaker_endpoint: str
-
-
-def free_port() -> int:
-    """A TCP port free on loopback right now."""
-    with socket.socket() as probe:
-        probe.bind((LOCAL_ONLY, 0))
-        return int(probe.getsockname()[1])
 
 
 def http_ok(url: str) -> bool:

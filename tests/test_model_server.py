@@ -28,6 +28,7 @@ from PIL import Image
 
 from services.model_server.__main__ import parse_config
 from services.model_server.handler import InferenceRequest, ModelHandler
+from tests.conftest import free_port
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEADLINE_S = 60.0
@@ -153,13 +154,6 @@ def expected_probabilities(model_dir: Path, image: bytes) -> list[list[float]]:
     module = load_module(model_dir)
     model = module.build_model(model_dir)
     return module.predict_fn(module.input_fn(image, "image/png"), model).tolist()
-
-
-def free_port() -> int:
-    """A port nobody listens on right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 class Server:

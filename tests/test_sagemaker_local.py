@@ -15,7 +15,6 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import tarfile
@@ -41,7 +40,7 @@ from PIL import Image
 from services.local_aws.profile import write_profile
 from services.sagemaker_local.capture import CaptureSettings, capture_key, capture_record
 from services.sagemaker_local.hosting import ModelArchiveError, safe_extract
-from tests.conftest import reset_boto3
+from tests.conftest import free_port, selected_profile
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEADLINE_S = 90.0
@@ -153,13 +152,6 @@ TRAIN_PY = textwrap.dedent(
 
 
 # -- helpers ------------------------------------------------------------------------------------
-def free_port() -> int:
-    """A port nobody listens on right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def wait_for(predicate: Callable[[], Any], what: str, deadline_s: float = DEADLINE_S) -> Any:
     """Poll until predicate returns something truthy; fail with `what` after the deadline."""
     end = time.monotonic() + deadline_s
@@ -295,18 +287,8 @@ def profile(local_aws: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterato
     env = write_profile(
         tmp_path_factory.mktemp("sm_profile"), local_aws.endpoint_url, sagemaker_endpoint=sm_url
     )
-    saved = {name: os.environ.get(name) for name in env}
-    os.environ.update(env)
-    reset_boto3()
-    try:
+    with selected_profile(env):
         yield {"port": port, "url": sm_url, "env": env}
-    finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
-        reset_boto3()
 
 
 def process_env(**extra: str) -> dict[str, str]:
