@@ -17,7 +17,7 @@ PROFILE_ENV = $(if $(AWS_PROFILE),,$(LOCAL_AWS_ENV))
 export BACKEND
 
 .DEFAULT_GOAL := help
-.PHONY: help venv up down status env deploy deploy-plan deploy-aws data train demo graph lambdas test lint format typecheck bench clean
+.PHONY: lock help venv up down status env deploy deploy-plan deploy-aws data train demo graph lambdas test lint format typecheck bench clean
 
 help: ## List the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -26,9 +26,9 @@ help: ## List the targets
 # a second run does nothing, a changed lock reinstalls.
 $(STAMP): requirements.lock pyproject.toml
 	@test -x $(PY) || { echo "Creating $(VENV) (first run: installs ~5.5 GB of pinned packages, a few minutes)"; $(PYTHON) -m venv $(VENV); }
-	@$(PY) -m pip install -q --disable-pip-version-check --upgrade pip==26.3
-	@$(PY) -m pip install -q --disable-pip-version-check -r requirements.lock
-	@# The repo's packages (services, scripts, model, ...) importable from anywhere in the venv.
+	@# Every pin carries its sha256 (`make lock` refreshes them); pip itself is one of the pins.
+	@$(PY) -m pip install -q --disable-pip-version-check --require-hashes -r requirements.lock
+	@# The repo's packages (scones, services, scripts, model, ...) importable from anywhere in the venv.
 	@$(PY) -c "import sysconfig, pathlib; pathlib.Path(sysconfig.get_paths()['purelib'], 'scones_unlimited.pth').write_text('$(CURDIR)\n')"
 	@touch $(STAMP)
 
@@ -36,7 +36,7 @@ venv: $(STAMP) ## Create .venv and install the pinned dependencies (done by ever
 
 up: $(STAMP) ## Start the local stack, write the `local` profile, deploy (DEPLOY=0: start only)
 	@$(PY) -m scripts.stack up
-	@if [ "$(DEPLOY)" = "1" ]; then $(LOCAL_AWS_ENV) $(PY) -m scripts.deploy; fi
+	@if [ "$(DEPLOY)" = "1" ]; then $(LOCAL_AWS_ENV) $(PY) -m scripts.deploy $(if $(filter localstack-host,$(BACKEND)),--skip-functions); fi
 
 deploy: $(STAMP) ## (Re)deploy everything to the local stack (idempotent)
 	@$(LOCAL_AWS_ENV) $(PY) -m scripts.deploy
@@ -84,12 +84,40 @@ typecheck: $(STAMP) ## mypy on the project's packages
 	@$(VENV)/bin/mypy
 
 BENCHMARKS ?= bench_local_aws bench_workflow bench_serving bench_train
+BENCH_SUMMARY_ARGS ?=
 bench: $(STAMP) ## Benchmarks (ratios against baselines run in the same script); BENCHMARKS=... picks
 	@set -e; for b in $(BENCHMARKS); do echo "== $$b"; $(PY) -m benchmarks.$$b; done
+	@# The summary of issue 15's goals, the peer (ministack, own venv) side by side.
+	@echo "== bench_summary"; $(PY) -m benchmarks.bench_summary $(BENCH_SUMMARY_ARGS)
 
 lambdas: $(STAMP) ## Build the three Lambda zips (reproducible) into .state/build/lambdas
 	@$(PY) -m lambdas.package --out $(STATE_DIR)/build/lambdas
 
+lock: $(STAMP) ## Refresh the sha256 hashes of requirements.lock and the SDK v2 lock
+	@$(PY) -m scripts.lock_hashes requirements.lock $(SDKV2_LOCK)
+
 clean: ## Stop the stack and remove the state folder (keeps .venv)
 	@-test -x $(PY) && $(PY) -m scripts.stack down
 	rm -rf .state
+
+# -- SDK v2 notebooks (examples/course-style): a second venv, SageMaker Python SDK 2.x -----------
+SDKV2_VENV ?= .venv-sdkv2
+SDKV2_LOCK := examples/course-style/requirements-sdkv2.lock
+SDKV2_STAMP := $(SDKV2_VENV)/.installed
+.PHONY: notebook-env notebook
+
+$(SDKV2_STAMP): $(SDKV2_LOCK)
+	@test -x $(SDKV2_VENV)/bin/python || { echo "Creating $(SDKV2_VENV) (SDK v2 + Jupyter, ~490 MB, under a minute)"; $(PYTHON) -m venv $(SDKV2_VENV); }
+	@$(SDKV2_VENV)/bin/python -m pip install -q --disable-pip-version-check --require-hashes -r $(SDKV2_LOCK)
+	@touch $(SDKV2_STAMP)
+
+notebook-env: $(SDKV2_STAMP) ## Create .venv-sdkv2: SageMaker SDK v2, nbclient, ipykernel (pinned)
+
+notebook: $(STAMP) $(SDKV2_STAMP) ## Run the course-style SDK v2 notebook headless on the local stack
+	@$(LOCAL_AWS_ENV) $(PY) examples/course-style/run_notebook.py
+
+# -- fault run (issue 13 item 7): executions while a worker, the emulator, sagemaker-local die ----
+FAULT_RUN_ARGS ?=
+.PHONY: fault-run
+fault-run: $(STAMP) ## Executions on a fresh stack while its parts are SIGKILLed; FAULT_RUN_ARGS=--executions 300
+	@$(PY) -m benchmarks.fault_run $(FAULT_RUN_ARGS)

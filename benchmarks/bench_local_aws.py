@@ -19,7 +19,9 @@ from pathlib import Path
 
 import boto3
 
-from tests.conftest import start_local_aws, stop_process
+from scones.deploy.iam import trust
+from scones.stack import stop_process_group as stop_process
+from scones.testing import start_local_aws
 
 HANDLER = "def handler(event, context):\n    return {'echo': event.get('n')}\n"
 
@@ -58,7 +60,9 @@ def main() -> None:
             os.environ.update(emulator.env)
             rss_rest = _rss_mb(emulator.process.pid)
             iam, lam = boto3.client("iam"), boto3.client("lambda")
-            role = iam.create_role(RoleName="bench", AssumeRolePolicyDocument="{}")["Role"]["Arn"]
+            role = iam.create_role(
+                RoleName="bench", AssumeRolePolicyDocument=trust("lambda.amazonaws.com")
+            )["Role"]["Arn"]
             cold: list[float] = []
             for _ in range(5):
                 name = f"cold-{uuid.uuid4().hex[:8]}"
@@ -68,6 +72,10 @@ def main() -> None:
                     Role=role,
                     Handler="app.handler",
                     Code={"ZipFile": _zip()},
+                )
+                # Pending for a moment after CreateFunction, as on AWS; the cold start follows.
+                lam.get_waiter("function_active_v2").wait(
+                    FunctionName=name, WaiterConfig={"Delay": 1, "MaxAttempts": 60}
                 )
                 t = time.perf_counter()
                 lam.invoke(FunctionName=name, Payload=b'{"n": 0}')

@@ -60,8 +60,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from scones.stack import free_port, start_service, stop_process_group, wait_for_health
 from services.model_server.handler import InferenceRequest, ModelHandler
-from tests.conftest import free_port
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 LEVELS = (1, 8, 32)
@@ -103,7 +103,7 @@ ExtraRows = Callable[[bytes, Sequence[int], int], list[Row]]
 def write_small_cnn(root: Path) -> Path:
     """The project's small CNN with random weights, written by model/train.py's save_model."""
     from model import networks, train
-    from scripts.etl.transform import DEFAULT_CLASSES
+    from scones.etl.transform import DEFAULT_CLASSES
 
     classes = list(DEFAULT_CLASSES)
     torch.manual_seed(0)
@@ -334,38 +334,22 @@ class ServerProcess:
     def __init__(self, model_dir: Path, server_args: Sequence[str]) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.log = tempfile.TemporaryFile()  # noqa: SIM115 - closed in __exit__
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "services.model_server", "--model-dir", str(model_dir),
-             "--port", str(self.port), *server_args],
-            cwd=REPO_ROOT, stdout=self.log, stderr=subprocess.STDOUT,
-            env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
-        )  # fmt: skip
+        self._log_dir = tempfile.TemporaryDirectory()
+        self.log_path = Path(self._log_dir.name) / "model_server.log"
+        args = ["--model-dir", str(model_dir), "--port", str(self.port), *server_args]
+        self.process = start_service("services.model_server", args, self.log_path)
 
     def __enter__(self) -> ServerProcess:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                self.log.seek(0)
-                raise RuntimeError(f"model server exited:\n{self.log.read().decode()}")
-            try:
-                with urllib.request.urlopen(f"{self.url}/ping", timeout=1) as answer:
-                    if answer.status == 200:
-                        return self
-            except OSError:
-                pass
-            time.sleep(0.05)
-        self.__exit__()
-        raise TimeoutError("model server not ready in 120 s")
+        try:
+            wait_for_health(f"{self.url}/ping", self.process, self.log_path, timeout_s=120)
+        except Exception:
+            self.__exit__()
+            raise
+        return self
 
     def __exit__(self, *exc: object) -> None:
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            self.process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
-        self.log.close()
+        stop_process_group(self.process, timeout=30)
+        self._log_dir.cleanup()
 
     def metrics(self) -> str:
         """The server's /metrics text."""
@@ -439,7 +423,7 @@ class EndpointStack:
         self._hidden: dict[str, str] = {}
 
     def __enter__(self) -> EndpointStack:
-        from tests.conftest import start_local_stack
+        from scones.testing import start_local_stack
 
         self._stack = start_local_stack(self.state_dir)
         try:
@@ -451,7 +435,8 @@ class EndpointStack:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        from tests.conftest import reset_boto3, stop_process
+        from scones.stack import stop_process_group as stop_process
+        from scones.testing import reset_boto3
 
         self.runtimes.clear()
         try:
@@ -467,7 +452,7 @@ class EndpointStack:
             reset_boto3()
 
     def _select_profile(self) -> None:
-        from tests.conftest import reset_boto3
+        from scones.testing import reset_boto3
 
         self._saved = {name: os.environ.get(name) for name in self._stack.env}
         # Nothing else may steer boto3 away from the profile (the parity rule: no endpoint_url).
@@ -484,7 +469,7 @@ class EndpointStack:
         import boto3
         from botocore.config import Config
 
-        from model.pack import pack_model
+        from scones.archives import pack_model
 
         started = time.monotonic()
         s3 = boto3.client("s3")

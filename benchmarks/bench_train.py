@@ -28,7 +28,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from model import networks, train  # noqa: E402
-from scripts.etl import archive, synthetic, transform  # noqa: E402
+from scones.etl import archive, synthetic, transform  # noqa: E402
 
 
 def time_etl(
@@ -51,7 +51,7 @@ def time_etl(
         "images": sum(s.images for s in summaries.values()),
     }
     if bucket:
-        from scripts.etl import load
+        from scones.etl import load
 
         summary = load.upload_folder(out_dir, bucket, f"bench/{out_dir.name}", progress=False)
         figures["upload_s"] = summary.seconds

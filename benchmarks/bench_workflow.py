@@ -7,7 +7,7 @@ a small PNG from S3, classifies it and filters it. Two emulators are measured in
 under the same load.
 
 The endpoint that classify_image calls is, by default, the InvokeEndpoint stand-in of the tests
-(`tests.test_lambdas.SageMakerRuntimeStandIn`, in its own process, answering a fixed JSON); with
+(`scones.testing.SageMakerRuntimeStandIn`, in its own process, answering a fixed JSON); with
 `BENCH_SAGEMAKER_LOCAL=1` it is the real `services.sagemaker_local` serving a tiny CNN through the
 real model server. The output says which.
 
@@ -23,13 +23,9 @@ import json
 import multiprocessing
 import os
 import statistics
-import subprocess
-import sys
-import tarfile
 import tempfile
 import threading
 import time
-import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -40,10 +36,11 @@ from typing import Any
 import boto3
 from botocore.config import Config
 
-from lambdas import package
+from scones.archives import reproducible_tar_gz
+from scones.stack import free_port, start_service, wait_for_health
+from scones.stack import stop_process_group as stop_process
+from scones.testing import create_workflow, start_local_aws
 from services.local_aws.profile import write_profile
-from statemachine import definition
-from tests.conftest import REPO_ROOT, free_port, start_local_aws, stop_process
 
 ENDPOINT_NAME = "scones-bench"
 ANSWER = {"probabilities": [0.0125, 0.9875], "label": "motorcycle"}
@@ -56,7 +53,7 @@ TERMINAL_TIMEOUT_S = 120.0
 
 def _serve_stand_in(conn: Any) -> None:
     """Child process: the tests' InvokeEndpoint stand-in answering ANSWER for ENDPOINT_NAME."""
-    from tests.test_lambdas import SageMakerRuntimeStandIn
+    from scones.testing import SageMakerRuntimeStandIn
 
     stand_in = SageMakerRuntimeStandIn()
     stand_in.answer_json(ENDPOINT_NAME, ANSWER)
@@ -146,15 +143,10 @@ def sagemaker_local_endpoint(emulator_url: str, state_dir: Path, bucket: str) ->
     os.environ.update(env)
     boto3.setup_default_session()  # sagemaker now goes to sagemaker-local, not the emulator
     log_path = state_dir / "sagemaker-local.log"
-    with open(log_path, "ab") as log_file:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "services.sagemaker_local", "--port", str(port),
-             "--state-dir", str(state_dir / "sagemaker")],
-            cwd=REPO_ROOT, env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
-            stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True,
-        )  # fmt: skip
+    args = ["--port", str(port), "--state-dir", str(state_dir / "sagemaker")]
+    process = start_service("services.sagemaker_local", args, log_path, dict(os.environ))
     try:
-        _wait(lambda: _http_ok(f"{url}/_health"), "sagemaker-local /_health", process, log_path)
+        wait_for_health(f"{url}/_health", process, log_path, timeout_s=120)
         model_dir = state_dir / "model"
         (model_dir / "code").mkdir(parents=True, exist_ok=True)
         (model_dir / "code" / "inference.py").write_text(INFERENCE_PY)
@@ -162,12 +154,10 @@ def sagemaker_local_endpoint(emulator_url: str, state_dir: Path, bucket: str) ->
         exec(compile(INFERENCE_PY, "inference.py", "exec"), namespace)
         torch.manual_seed(0)
         torch.save(namespace["TinyNet"]().state_dict(), model_dir / "model.pth")
-        archive = io.BytesIO()
-        with tarfile.open(fileobj=archive, mode="w:gz") as tar:
-            tar.add(model_dir / "model.pth", arcname="model.pth")
-            tar.add(model_dir / "code", arcname="code")
         boto3.client("s3").put_object(
-            Bucket=bucket, Key="models/bench/model.tar.gz", Body=archive.getvalue()
+            Bucket=bucket,
+            Key="models/bench/model.tar.gz",
+            Body=reproducible_tar_gz(model_dir, lambda p: "__pycache__" not in p.parts),
         )
         sm = boto3.client("sagemaker")
         sm.create_model(
@@ -210,22 +200,6 @@ def sagemaker_local_endpoint(emulator_url: str, state_dir: Path, bucket: str) ->
             else:
                 os.environ[name] = value
         boto3.setup_default_session()
-
-
-def _http_ok(url: str) -> bool:
-    with contextlib.suppress(OSError), urllib.request.urlopen(url, timeout=1) as response:
-        return bool(response.status == 200)
-    return False
-
-
-def _wait(
-    ready: Callable[[], bool], what: str, process: subprocess.Popen[bytes], log_path: Path
-) -> None:
-    deadline = time.monotonic() + 120
-    while not ready():
-        if process.poll() is not None or time.monotonic() > deadline:
-            raise RuntimeError(f"{what} not ready:\n{log_path.read_text(errors='replace')}")
-        time.sleep(0.1)
 
 
 # --- the workflow ----------------------------------------------------------------------------
@@ -316,11 +290,7 @@ class Poller:
 
 def deploy(endpoint_url: str, suffix: str) -> Deployment:
     """Create the bucket, the image, the three functions and the state machine."""
-    iam, lam = boto3.client("iam"), boto3.client("lambda")
     sfn = boto3.client("stepfunctions", config=Config(max_pool_connections=64))
-    role = iam.create_role(
-        RoleName=f"scones-bench-{suffix}", AssumeRolePolicyDocument=json.dumps({"Statement": []})
-    )["Role"]["Arn"]
     bucket = f"scones-bench-{suffix}"
     s3 = boto3.client("s3")
     s3.create_bucket(Bucket=bucket)
@@ -335,23 +305,7 @@ def deploy(endpoint_url: str, suffix: str) -> Deployment:
         # benchmark measures the whole successful path.
         "filter_inferences": {"THRESHOLD": "0.5"},
     }
-    arns = {}
-    for function in package.FUNCTIONS:
-        zip_bytes, _ = package.build_zip(function)
-        arns[function] = lam.create_function(
-            FunctionName=f"{function}-{suffix}",
-            Runtime="python3.11",
-            Role=role,
-            Handler=package.HANDLER,
-            Code={"ZipFile": zip_bytes},
-            Timeout=30,
-            Environment={"Variables": environments.get(function, {})},
-        )["FunctionArn"]
-    machine = sfn.create_state_machine(
-        name=f"image-classification-{suffix}",
-        definition=definition.render_for_functions(arns),
-        roleArn=role,
-    )["stateMachineArn"]
+    machine = create_workflow(suffix, bucket, environments).machine_arn
     return Deployment(machine, bucket, key, sfn)
 
 
@@ -483,7 +437,7 @@ def main(argv: list[str] | None = None) -> None:
     label = (
         "sagemaker-local + model server (tiny CNN)"
         if real
-        else "InvokeEndpoint STAND-IN (tests.test_lambdas, fixed answer; no model)"
+        else "InvokeEndpoint STAND-IN (scones.testing, fixed answer; no model)"
     )
     print(f"endpoint: {label}")
     print(

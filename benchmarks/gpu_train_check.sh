@@ -33,11 +33,11 @@ elapsed() { "$PYTHON" -c "print(f'{$(seconds) - $1:.1f}')"; }
 
 echo "== ETL: default subset (generates the archive), then all 100 classes from the same archive"
 t=$(seconds)
-"$PYTHON" -m scripts.etl --work-dir "$WORK/subset" --no-upload --no-progress "${ROWS[@]}"
+"$PYTHON" -m scones.etl --work-dir "$WORK/subset" --no-upload --no-progress "${ROWS[@]}"
 echo "etl subset (with archive generation): $(elapsed "$t") s"
 archive="$WORK/subset/cifar-100-python.tar.gz"
 t=$(seconds)
-"$PYTHON" -m scripts.etl --work-dir "$WORK/all" --no-upload --no-progress --classes all \
+"$PYTHON" -m scones.etl --work-dir "$WORK/all" --no-upload --no-progress --classes all \
   --source "$archive" --md5 "$(cat "$archive.md5")"
 echo "etl all classes (archive given): $(elapsed "$t") s"
 

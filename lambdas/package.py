@@ -15,9 +15,11 @@ import io
 import zipfile
 from pathlib import Path
 
+from scones.workflow_functions import WORKFLOW_FUNCTIONS
+
 LAMBDAS_DIR = Path(__file__).resolve().parent
-FUNCTIONS = ("serialize_image_data", "classify_image", "filter_inferences")
-HANDLER = "app.handler"
+# The function folders, in the workflow table's order (the table is the one list of functions).
+FUNCTIONS = tuple(function.folder for function in WORKFLOW_FUNCTIONS)
 SOURCE_FILES = ("app.py",)
 # Fixed metadata: the zip holds nothing of when or by whom it was built.
 ZIP_DATE_TIME = (1980, 1, 1, 0, 0, 0)

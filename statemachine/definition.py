@@ -10,15 +10,12 @@ import json
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+
+from scones.workflow_functions import WORKFLOW_FUNCTIONS
 
 ASL_PATH = Path(__file__).resolve().parent / "image_classification.asl.json"
-# The placeholder each Lambda function's ARN fills (function folder under lambdas/ -> name).
-FUNCTION_PLACEHOLDERS = {
-    "serialize_image_data": "SerializeImageDataFunctionArn",
-    "classify_image": "ClassifyImageFunctionArn",
-    "filter_inferences": "FilterInferencesFunctionArn",
-}
+# The placeholder each Lambda function's ARN fills (function folder -> name), from the one table.
+FUNCTION_PLACEHOLDERS = {function.folder: function.placeholder for function in WORKFLOW_FUNCTIONS}
 PLACEHOLDER = re.compile(r"\$\{([A-Za-z][A-Za-z0-9_]*)\}")
 # Anything that starts like a placeholder; compared with PLACEHOLDER to catch malformed ones.
 PLACEHOLDER_START = re.compile(r"\$\{")
@@ -64,9 +61,3 @@ def render_for_functions(function_arns: Mapping[str, str]) -> str:
     if unknown:
         raise PlaceholderError(f"no placeholder for functions {unknown}")
     return render({FUNCTION_PLACEHOLDERS[f]: arn for f, arn in function_arns.items()})
-
-
-def render_definition(values: Mapping[str, str]) -> dict[str, Any]:
-    """The rendered definition as a parsed JSON object."""
-    definition: dict[str, Any] = json.loads(render(values))
-    return definition

@@ -35,6 +35,7 @@ import pytest
 import yaml
 
 from services.local_aws.profile import REGION, write_profile
+from services.localstack_host.host import SERVICES as LOCALSTACK_HOST_SERVICES
 from tests.conftest import LocalAws, free_port, stop_process, wait_until_ready
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -45,7 +46,8 @@ SCHEMA_FILE = Path(__file__).resolve().parent / "data" / "compose-spec.json"
 SAGEMAKER_LOCAL_DOCKERFILE = REPO_ROOT / "services" / "sagemaker_local" / "Dockerfile"
 MODEL_SERVER_DOCKERFILE = REPO_ROOT / "services" / "model_server" / "Dockerfile"
 LOCALSTACK_IMAGE = "localstack/localstack:4.14.0"
-LOCALSTACK_SERVICES = {"s3", "lambda", "stepfunctions", "iam", "sts", "logs"}
+# One list for both LocalStack paths: the compose file must name what host mode starts.
+LOCALSTACK_SERVICES = set(LOCALSTACK_HOST_SERVICES)
 LOCAL_ONLY = "127.0.0.1"
 DUMMY_CREDENTIAL = "test"
 

@@ -17,11 +17,15 @@ import boto3
 import pytest
 from moto.server import ThreadedMotoServer
 
-from scripts.deploy import LAMBDA_FUNCTIONS, Deployer, DeployOptions
-from scripts.settings import Settings
+from scones.deploy import Deployer, DeployOptions, iam, images, storage, training
+from scones.deploy.iam import STAR_ONLY_ACTIONS
+from scones.settings import Settings
+from scones.testing import reset_boto3
+from scones.workflow_functions import WORKFLOW_FUNCTIONS
 from services.local_aws.profile import write_profile
 from statemachine.definition import load_template
-from tests.conftest import reset_boto3
+
+TRAINING_IMAGE = "763104351884.dkr.ecr.us-east-1.amazonaws.com/pytorch-training:2.5-cpu-py311"
 
 
 @pytest.fixture
@@ -73,13 +77,14 @@ class RecordedPush:
         )
 
 
-def _deploy(tmp_path: Path, push: RecordedPush) -> Any:
-    settings = Settings(state_dir=tmp_path / "state", bucket="scones-aws-test")
+def _deploy(tmp_path: Path, push: RecordedPush, bucket: str = "scones-aws-test") -> Any:
+    # moto's state outlives one test: a test that must start afresh names its own bucket.
+    settings = Settings(state_dir=tmp_path / "state", bucket=bucket)
     options = DeployOptions(
         push_image=True,
         rows_train=400,
         rows_test=100,
-        training_image="763104351884.dkr.ecr.us-east-1.amazonaws.com/pytorch-training:2.5-cpu-py311",
+        training_image=TRAINING_IMAGE,
         waiter_delay_s=1,
     )
     lines: list[str] = []
@@ -156,12 +161,96 @@ def test_aws_deploy_creates_every_resource_then_changes_nothing(
     sfn = boto3.client("stepfunctions")
     deployed = sfn.describe_state_machine(stateMachineArn=result.state_machine_arn)
     template = load_template()
-    for suffix, placeholder, *_ in LAMBDA_FUNCTIONS.values():
-        template = template.replace("${" + placeholder + "}", result.functions[suffix])
+    for function in WORKFLOW_FUNCTIONS:
+        template = template.replace(
+            "${" + function.placeholder + "}", result.functions[function.suffix]
+        )
     assert json.loads(deployed["definition"]) == json.loads(template)
     assert deployed["roleArn"] == result.roles["scones-states"]
+
+    # moto's training jobs write no model.tar.gz; SageMaker's would have. Without it the next
+    # deploy would (rightly) heal by retraining.
+    boto3.client("s3").put_object(
+        Bucket=result.bucket, Key=result.model_artifact.split("/", 3)[3], Body=b"model"
+    )
 
     # A second run is a no-op, and pushes nothing.
     again, lines = _deploy(tmp_path, push)
     assert not again.changed, "\n".join(lines)
     assert len(push.calls) == 1
+
+
+def _statements(role: str) -> list[dict[str, Any]]:
+    document = boto3.client("iam").get_role_policy(RoleName=role, PolicyName="permissions")[
+        "PolicyDocument"
+    ]
+    parsed = document if isinstance(document, dict) else json.loads(document)
+    return list(parsed["Statement"])
+
+
+def test_all_five_roles_are_scoped_to_their_resources(fake_aws: str, tmp_path: Path) -> None:
+    result, _ = _deploy(tmp_path, RecordedPush())
+    roles = sorted(result.roles)
+    assert roles == sorted(
+        [*(f.name("scones") for f in WORKFLOW_FUNCTIONS), "scones-states", "scones-sagemaker"]
+    )
+    for role in roles:
+        for statement in _statements(role):
+            resources = statement["Resource"]
+            resources = resources if isinstance(resources, list) else [resources]
+            actions = statement["Action"] if isinstance(statement["Action"], list) else [
+                statement["Action"]
+            ]  # fmt: skip
+            if "*" in resources:
+                assert set(actions) <= STAR_ONLY_ACTIONS, f"{role}: {actions} on *"
+            for resource in resources:
+                assert ":*:" not in resource, f"{role}: any account or region in {resource}"
+    bucket_arn = f"arn:aws:s3:::{result.bucket}"
+    sagemaker = {
+        action: statement["Resource"]
+        for statement in _statements("scones-sagemaker")
+        for action in (
+            statement["Action"] if isinstance(statement["Action"], list) else [statement["Action"]]
+        )
+    }
+    assert f"{bucket_arn}/*" not in sagemaker["s3:GetObject"], "reads the whole bucket"
+    assert f"{bucket_arn}/{result.data_prefix}/*" in sagemaker["s3:GetObject"]
+    assert sorted(sagemaker["s3:PutObject"]) == sorted(
+        f"{bucket_arn}/{p}/*" for p in ("models", "checkpoints", "data-capture")
+    )
+    assert sorted(sagemaker["ecr:BatchGetImage"]) == sorted(
+        [
+            "arn:aws:ecr:us-east-1:763104351884:repository/pytorch-training",
+            f"arn:aws:ecr:us-east-1:{result.account_id}:repository/scones-model-server",
+        ]
+    )
+    for function in WORKFLOW_FUNCTIONS:
+        group = f":log-group:/aws/lambda/{function.name('scones')}"
+        assert all(group in r for r in _statements(function.name("scones"))[-1]["Resource"])
+
+
+def test_a_lost_model_artifact_is_healed_by_training_again(fake_aws: str, tmp_path: Path) -> None:
+    # moto's state outlives one test: this one names its own bucket (so its own job names).
+    settings = Settings(state_dir=tmp_path / "state", bucket="scones-aws-heal")
+    options = DeployOptions(rows_train=400, rows_test=100, waiter_delay_s=1, push_image=True,
+                            training_image=TRAINING_IMAGE)  # fmt: skip
+    steps = (storage.ensure_bucket, images.ensure_images, iam.ensure_roles,
+             storage.ensure_data, training.ensure_training)  # fmt: skip
+    lines: list[str] = []
+    first = Deployer(settings, options, RecordedPush(), lines.append).deploy(steps)
+    # moto's job wrote no artefact, as if it had vanished from S3 since.
+    healed = Deployer(settings, options, RecordedPush(), lines.append).deploy(steps)
+    change = next(c for c in healed.changes if c.resource == "training job")
+    assert (change.action, change.name) == ("heal", f"{first.training_job}-2"), lines
+    assert first.model_artifact in change.detail and "missing" in change.detail
+    job = boto3.client("sagemaker").describe_training_job(TrainingJobName=change.name)
+    assert job["TrainingJobStatus"] == "Completed"
+    assert healed.changed
+    # Once the new generation's artefact is there, the next deploy keeps it.
+    boto3.client("s3").put_object(
+        Bucket=healed.bucket, Key=healed.model_artifact.split("/", 3)[3], Body=b"model"
+    )
+    again = Deployer(settings, options, RecordedPush(), lines.append).deploy(steps)
+    change = next(c for c in again.changes if c.resource == "training job")
+    assert (change.action, change.name) == ("unchanged", f"{first.training_job}-2")
+    assert not again.changed, "\n".join(lines)

@@ -19,8 +19,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from scripts.etl import __main__ as etl_cli
-from scripts.etl import archive, synthetic, transform
+from scones.etl import __main__ as etl_cli
+from scones.etl import archive, synthetic, transform
 
 BIKES = ("bicycle", "motorcycle")
 

@@ -11,14 +11,10 @@ import base64
 import importlib.util
 import io
 import json
-import logging
 import math
-import re
 import sys
-import threading
 import uuid
-from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -28,76 +24,12 @@ import pytest
 from botocore.exceptions import EndpointConnectionError, ReadTimeoutError
 from PIL import Image
 
+from scones.testing import SageMakerRuntimeStandIn
 from tests.conftest import LocalAws
 
 LAMBDAS_DIR = Path(__file__).resolve().parent.parent / "lambdas"
 STATE_PAYLOAD_LIMIT = 262_144
 MODEL_ANSWER = {"probabilities": [0.0125, 0.9875], "label": "motorcycle"}
-
-
-class SageMakerRuntimeStandIn:
-    """`POST /endpoints/{name}/invocations` on a free port, answering per endpoint name.
-
-    Answers are `(status, headers, body)`; an unknown endpoint gets AWS's ValidationError.
-    Every request is recorded as `(endpoint, content_type, accept, body)`.
-    """
-
-    def __init__(self) -> None:
-        self.answers: dict[str, tuple[int, dict[str, str], bytes]] = {}
-        self.requests: list[tuple[str, str, str, bytes]] = []
-        stand_in = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
-            def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
-                match = re.fullmatch(r"/endpoints/([^/]+)/invocations", self.path)
-                name = match.group(1) if match else ""
-                stand_in.requests.append(
-                    (name, self.headers["Content-Type"], self.headers["Accept"], body)
-                )
-                status, headers, payload = stand_in.answers.get(name) or error_answer(
-                    400, "ValidationError", f"Endpoint {name} of account 123456789012 not found."
-                )
-                self.send_response(status)
-                for key, value in {**headers, "Content-Length": str(len(payload))}.items():
-                    self.send_header(key, value)
-                self.end_headers()
-                self.wfile.write(payload)
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-
-    def answer_json(self, endpoint: str, value: Any) -> None:
-        """Let `endpoint` answer 200 with `value` as JSON."""
-        headers = {"Content-Type": "application/json", "x-Amzn-Invoked-Production-Variant": "v1"}
-        self.answers[endpoint] = (200, headers, json.dumps(value).encode())
-
-    def answer_error(
-        self, endpoint: str, status: int, code: str, message: str, **fields: Any
-    ) -> None:
-        """Let `endpoint` answer with an AWS error."""
-        self.answers[endpoint] = error_answer(status, code, message, **fields)
-
-    def __enter__(self) -> SageMakerRuntimeStandIn:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-        self.thread.join(timeout=5)
-
-
-def error_answer(
-    status: int, code: str, message: str, **fields: Any
-) -> tuple[int, dict[str, str], bytes]:
-    """An AWS rest-json error response, shaped as SageMaker runtime sends it."""
-    headers = {"Content-Type": "application/json", "x-amzn-ErrorType": f"{code}:http://internal"}
-    return status, headers, json.dumps({"Message": message, **fields}).encode()
 
 
 def load_app(function: str) -> ModuleType:
@@ -243,22 +175,79 @@ def test_serialize_size_limit_keeps_the_state_payload_under_256_kib(
         app.handler({"s3_bucket": bucket, "s3_key": put(bucket, largest + b"\0")}, None)
 
 
-def test_serialize_logs_one_json_line_without_the_image(
-    apps: dict[str, ModuleType], bucket: str, capsys: pytest.CaptureFixture[str]
+@pytest.fixture(scope="module")
+def deployed_serializer(local_aws: LocalAws) -> Callable[[str], str]:
+    """serialize_image_data's real zip as a function in the emulator, per ApplicationLogLevel."""
+    from lambdas import package
+
+    iam, lam = boto3.client("iam"), boto3.client("lambda")
+    trust = {
+        "Version": "2012-10-17",
+        "Statement": [
+            {
+                "Effect": "Allow",
+                "Principal": {"Service": "lambda.amazonaws.com"},
+                "Action": "sts:AssumeRole",
+            }
+        ],
+    }
+    role = iam.create_role(
+        RoleName=f"serializer-{uuid.uuid4().hex[:8]}", AssumeRolePolicyDocument=json.dumps(trust)
+    )["Role"]["Arn"]
+    # Its least privilege: IAM is enforced on the function's role credentials, as on AWS.
+    read = {
+        "Version": "2012-10-17",
+        "Statement": [
+            {"Effect": "Allow", "Action": "s3:GetObject", "Resource": "arn:aws:s3:::*/*"}
+        ],
+    }
+    iam.put_role_policy(
+        RoleName=role.rsplit("/", 1)[1], PolicyName="read", PolicyDocument=json.dumps(read)
+    )
+    zip_bytes, _ = package.build_zip("serialize_image_data")
+
+    def deploy(level: str) -> str:
+        name = f"serialize-{level.lower()}-{uuid.uuid4().hex[:6]}"
+        lam.create_function(
+            FunctionName=name,
+            Runtime="python3.11",
+            Role=role,
+            Handler="app.handler",
+            Code={"ZipFile": zip_bytes},
+            Timeout=30,
+            LoggingConfig={"LogFormat": "JSON", "ApplicationLogLevel": level},
+        )
+        lam.get_waiter("function_active_v2").wait(FunctionName=name)
+        return name
+
+    return deploy
+
+
+@pytest.mark.parametrize(("level", "logged"), [("INFO", True), ("WARN", False)])
+def test_serialize_logs_one_json_record_without_the_image(
+    deployed_serializer: Callable[[str], str], bucket: str, level: str, logged: bool
 ) -> None:
     key = put(bucket, image_bytes("PNG"))
-
-    class Context:
-        aws_request_id = "req-123"
-
-    apps["serialize_image_data"].handler({"s3_bucket": bucket, "s3_key": key}, Context())
-    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
-    assert len(lines) == 1
-    assert lines[0]["message"] == "image serialized"
-    assert lines[0]["level"] == "INFO"
-    assert lines[0]["request_id"] == "req-123"
-    assert (lines[0]["s3_key"], lines[0]["format"]) == (key, "png")
-    assert "image_data" not in lines[0]
+    response = boto3.client("lambda").invoke(
+        FunctionName=deployed_serializer(level),
+        Payload=json.dumps({"s3_bucket": bucket, "s3_key": key}).encode(),
+        LogType="Tail",
+    )
+    assert "FunctionError" not in response, response["Payload"].read()
+    lines = base64.b64decode(response["LogResult"]).decode().splitlines()
+    records = [json.loads(line) for line in lines if line.startswith("{")]
+    # botocore's own INFO line ("Found credentials in environment variables.") shows, as on AWS.
+    application = [r for r in records if r.get("logger") == "serialize_image_data"]
+    if not logged:  # filtered by the runtime at ApplicationLogLevel WARN
+        assert application == []
+        return
+    assert len(application) == 1, lines
+    record = application[0]
+    assert (record["message"], record["level"]) == ("image serialized", "INFO")
+    start = next(r for r in records if r.get("type") == "platform.start")
+    assert record["requestId"] == start["record"]["requestId"]
+    assert (record["s3_key"], record["format"]) == (key, "png")
+    assert "image_data" not in record
 
 
 # --- classify_image ---------------------------------------------------------------------------
@@ -519,15 +508,3 @@ def test_filter_refuses_invalid_inferences(
     app = apps["filter_inferences"]
     with pytest.raises(app.InvalidEvent, match="inferences"):
         app.handler(filter_event(inferences), None)
-
-
-@pytest.mark.parametrize(
-    ("level", "debug_enabled"), [("TRACE", False), ("debug", True), ("", False)]
-)
-def test_log_level_from_the_environment_never_breaks_the_import(
-    local_aws: LocalAws, monkeypatch: pytest.MonkeyPatch, level: str, debug_enabled: bool
-) -> None:
-    monkeypatch.setenv("AWS_LAMBDA_LOG_LEVEL", level)
-    app = load_app("filter_inferences")
-    assert app.logger.isEnabledFor(logging.DEBUG) is debug_enabled
-    assert app.logger.isEnabledFor(logging.INFO)

@@ -78,21 +78,35 @@ def make_zip(source: str, name: str = "app.py") -> bytes:
     return buffer.getvalue()
 
 
-@pytest.fixture(scope="module")
-def role_arn(local_aws: LocalAws) -> str:
-    iam = boto3.client("iam")
-    name = f"lambda-role-{uuid.uuid4().hex[:8]}"
-    trust = {
+TRUST = json.dumps(
+    {
         "Version": "2012-10-17",
         "Statement": [
             {
                 "Effect": "Allow",
-                "Principal": {"Service": "lambda.amazonaws.com"},
+                "Principal": {"Service": ["lambda.amazonaws.com", "states.amazonaws.com"]},
                 "Action": "sts:AssumeRole",
             }
         ],
     }
-    return iam.create_role(RoleName=name, AssumeRolePolicyDocument=json.dumps(trust))["Role"]["Arn"]
+)
+
+
+@pytest.fixture(scope="module")
+def role_arn(local_aws: LocalAws) -> str:
+    iam = boto3.client("iam")
+    name = f"lambda-role-{uuid.uuid4().hex[:8]}"
+    arn = iam.create_role(RoleName=name, AssumeRolePolicyDocument=TRUST)["Role"]["Arn"]
+    # What the handlers and the state machine do with it (IAM is enforced, as on AWS).
+    policy = {
+        "Version": "2012-10-17",
+        "Statement": [
+            {"Effect": "Allow", "Action": ["s3:GetObject"], "Resource": "arn:aws:s3:::*/*"},
+            {"Effect": "Allow", "Action": ["lambda:InvokeFunction"], "Resource": "*"},
+        ],
+    }
+    iam.put_role_policy(RoleName=name, PolicyName="use", PolicyDocument=json.dumps(policy))
+    return arn
 
 
 @pytest.fixture
@@ -112,9 +126,19 @@ def make_function(role_arn: str) -> Callable[..., str]:
             Timeout=timeout,
             Environment={"Variables": env or {}},
         )
+        wait_until_active(name)
         return name
 
     return create
+
+
+def wait_until_active(name: str) -> None:
+    """Wait for State Active as a deploy must (a new function is Pending for a moment)."""
+    lam = boto3.client("lambda")
+    deadline = time.monotonic() + 10
+    while lam.get_function_configuration(FunctionName=name)["State"] != "Active":
+        assert time.monotonic() < deadline, f"{name} did not become Active"
+        time.sleep(0.05)
 
 
 def invoke(name: str, event: dict[str, Any], **kwargs: Any) -> tuple[dict[str, Any], Any]:
@@ -328,9 +352,10 @@ def test_sigterm_stops_workers(tmp_path: Path) -> None:
             "b=io.BytesIO();z=zipfile.ZipFile(b,'w');"
             "z.writestr('app.py','def handler(e,c):\\n return 1');z.close();"
             "iam=boto3.client('iam');"
-            "r=iam.create_role(RoleName='r',AssumeRolePolicyDocument='{}')['Role']['Arn'];"
+            f"r=iam.create_role(RoleName='r',AssumeRolePolicyDocument={TRUST!r})['Role']['Arn'];"
             "l=boto3.client('lambda');"
             "l.create_function(FunctionName='f',Runtime='python3.11',Role=r,Handler='app.handler',Code={'ZipFile':b.getvalue()});"
+            "l.get_waiter('function_active_v2').wait(FunctionName='f');"
             "print(l.invoke(FunctionName='f')['Payload'].read().decode())"
         )
         out = subprocess.run(
@@ -342,7 +367,7 @@ def test_sigterm_stops_workers(tmp_path: Path) -> None:
         )
         assert out.stdout.strip() == "1", out.stderr
         workers = _children(emulator.process.pid)
-        assert workers, "a warm worker should be running"
+        assert len(workers) >= 2, "the fork server and a warm worker should be running"
     finally:
         stop_process(emulator.process)
     assert emulator.process.returncode == 0
@@ -353,8 +378,10 @@ def test_sigterm_stops_workers(tmp_path: Path) -> None:
 
 
 def _children(pid: int) -> list[int]:
+    """Every descendant: workers are forked by the fork server, a child of the emulator."""
     result = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True)
-    return [int(p) for p in result.stdout.split()]
+    children = [int(p) for p in result.stdout.split()]
+    return children + [d for child in children for d in _children(child)]
 
 
 def _alive(pid: int) -> bool:

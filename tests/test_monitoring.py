@@ -1,4 +1,4 @@
-"""The monitoring report, from capture files written in SageMaker's exact format to real S3.
+"""The monitoring report (scones.monitoring.report), from SageMaker-format capture files in S3.
 
 The capture spans several hours and more than 1000 objects (so listing needs more than one page);
 every record must be read, decoded by its encoding and placed on a real time axis.
@@ -19,16 +19,16 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from html.parser import HTMLParser
 from pathlib import Path
-from typing import Any
 
 import boto3
 import numpy as np
 import pytest
 from botocore.config import Config
+from matplotlib import dates as mdates
 from PIL import Image
 
-from scripts import monitoring
-from scripts.testcases import LOW_CONFIDENCE_ERROR, Outcome, load_outcomes, write_outcomes
+from scones import monitoring
+from scones.testcases import LOW_CONFIDENCE_ERROR, RunOutcome, load_outcomes, write_outcomes
 from tests.conftest import LocalAws
 
 ENDPOINT = "scones-monitoring-test"
@@ -121,7 +121,7 @@ def capture_files(prefix: str) -> tuple[dict[str, bytes], list[Written]]:
     return files, written
 
 
-def outcomes_of_runs() -> list[Outcome]:
+def outcomes_of_runs() -> list[RunOutcome]:
     """Run outcomes with a known confusion matrix: passed, filtered out and a broken run."""
     rows = [
         # (true, predicted, status, error, latency)
@@ -133,7 +133,7 @@ def outcomes_of_runs() -> list[Outcome]:
         ("bicycle", None, "FAILED", "ImageNotFound", 0.4),
     ]
     return [
-        Outcome(
+        RunOutcome(
             case=i,
             execution_name=f"tc-run-{i:04d}",
             execution_arn=f"arn:aws:states:us-east-1:123456789012:execution:m:tc-run-{i:04d}",
@@ -158,7 +158,7 @@ def outcomes_of_runs() -> list[Outcome]:
 class Built:
     bucket: str
     written: list[Written]
-    outcomes: list[Outcome]
+    outcomes: list[RunOutcome]
     report: monitoring.Report
     keys: list[str]
 
@@ -233,7 +233,7 @@ def test_confidence_plot_has_a_time_axis_and_the_threshold_passed_in(built: Buil
     plotted = np.concatenate([c.get_offsets() for c in ax.collections])
     assert len(plotted) == len(built.written)
     # x values are matplotlib dates: the first point is the first inference time.
-    assert min(plotted[:, 0]) == pytest.approx(monitoring.mdates.date2num(START))
+    assert min(plotted[:, 0]) == pytest.approx(mdates.date2num(START))
     expected_below = sum(max(w.probabilities) < THRESHOLD for w in built.written)
     assert built.report.summary.captured_below_threshold == expected_below
     red = next(c for c in ax.collections if c.get_label() == "filtered")
@@ -305,51 +305,6 @@ def test_report_is_one_self_contained_file_with_the_numbers(built: Built) -> Non
 def test_outcomes_round_trip_through_the_json_file(built: Built, tmp_path: Path) -> None:
     _, path = write_outcomes(built.outcomes, tmp_path)
     assert load_outcomes(path) == built.outcomes
-
-
-@pytest.mark.parametrize(
-    ("entry", "expected"),
-    [
-        ({"data": '{"probabilities": [0.1, 0.9]}', "encoding": "JSON"}, ([0.1, 0.9], "1")),
-        (
-            {"data": "0.2,0.8", "encoding": "CSV", "observedContentType": "text/csv"},
-            ([0.2, 0.8], "1"),
-        ),
-        (
-            {
-                "data": base64.b64encode(b"[[0.7, 0.3]]").decode(),
-                "encoding": "BASE64",
-                "observedContentType": "application/json",
-            },
-            ([0.7, 0.3], "0"),
-        ),
-    ],
-)
-def test_outputs_are_decoded_by_their_encoding(
-    entry: dict[str, Any], expected: tuple[list[float], str]
-) -> None:
-    output = monitoring.parse_output({"mode": "OUTPUT", **entry})
-    assert monitoring.prediction_of(output) == expected
-
-
-def test_a_line_that_is_not_a_capture_record_names_its_file_and_line() -> None:
-    with pytest.raises(monitoring.CaptureFormatError, match=r"k\.jsonl:7"):
-        monitoring.parse_record('{"captureData": {}}', "k.jsonl", 7, VARIANT)
-    bad_base64 = {
-        "captureData": {"endpointInput": {"data": "%%", "encoding": "BASE64"}},
-        "eventMetadata": {"eventId": "e", "inferenceTime": "2026-03-04T19:05:24Z"},
-    }
-    with pytest.raises(monitoring.CaptureFormatError, match="base64"):
-        monitoring.parse_record(json.dumps(bad_base64), "k.jsonl", 1, VARIANT)
-
-
-def test_times_with_fractions_or_offsets_are_utc() -> None:
-    assert monitoring.parse_time("2026-03-04T19:05:24.123Z") == datetime(
-        2026, 3, 4, 19, 5, 24, 123000, tzinfo=UTC
-    )
-    assert monitoring.parse_time("2026-03-04T20:05:24+01:00") == datetime(
-        2026, 3, 4, 19, 5, 24, tzinfo=UTC
-    )
 
 
 def test_cli_prints_the_report_path_and_summary(

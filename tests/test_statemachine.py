@@ -21,10 +21,11 @@ from moto.stepfunctions.parser.asl.parse.asl_parser import AmazonStateLanguagePa
 from PIL import Image
 
 from lambdas import package
-from scripts import render_graph
+from scones import render_graph
+from scones.testing import SageMakerRuntimeStandIn, create_workflow
 from statemachine import definition
 from tests.conftest import LocalAws
-from tests.test_lambdas import MODEL_ANSWER, SageMakerRuntimeStandIn, load_app
+from tests.test_lambdas import MODEL_ANSWER, load_app
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 GRAPH_PNG = REPO_ROOT / "docs" / "stepfunctions_graph.png"
@@ -164,7 +165,7 @@ def test_every_placeholder_is_substituted_and_nothing_else_changes() -> None:
     assert restored == template
     arns = {f: FAKE_ARNS[p] for f, p in definition.FUNCTION_PLACEHOLDERS.items()}
     assert definition.render_for_functions(arns) == rendered
-    tasks = lambda_tasks(definition.render_definition(FAKE_ARNS))
+    tasks = lambda_tasks(json.loads(definition.render(FAKE_ARNS)))
     assert {s["Parameters"]["FunctionName"] for s in tasks.values()} == set(FAKE_ARNS.values())
 
 
@@ -194,7 +195,7 @@ def test_values_are_json_escaped() -> None:
 def test_graph_picture_is_regenerated_byte_identically(tmp_path: Path) -> None:
     out = render_graph.render(definition.ASL_PATH, tmp_path / "graph.png")
     assert out.read_bytes() == GRAPH_PNG.read_bytes(), (
-        "docs/stepfunctions_graph.png is stale: run `python -m scripts.render_graph`"
+        "docs/stepfunctions_graph.png is stale: run `python -m scones.render_graph`"
     )
     assert png_chunk_types(out.read_bytes()) == ["IHDR", "pHYs", "IDAT", "IEND"]
 
@@ -266,11 +267,7 @@ def png(size: int = 32) -> bytes:
 
 @pytest.fixture(scope="module")
 def workflow(local_aws: LocalAws) -> Iterator[Workflow]:
-    iam, lam, sfn = boto3.client("iam"), boto3.client("lambda"), boto3.client("stepfunctions")
     suffix = uuid.uuid4().hex[:8]
-    role = iam.create_role(
-        RoleName=f"scones-workflow-{suffix}", AssumeRolePolicyDocument=json.dumps({"Statement": []})
-    )["Role"]["Arn"]
     bucket = f"scones-workflow-{suffix}"
     boto3.client("s3").create_bucket(Bucket=bucket)
     with SageMakerRuntimeStandIn() as endpoint:
@@ -282,25 +279,11 @@ def workflow(local_aws: LocalAws) -> Iterator[Workflow]:
                 "AWS_MAX_ATTEMPTS": "1",
             },
         }
-        arns = {}
+        created = create_workflow(suffix, bucket, environments)
         for function in package.FUNCTIONS:
-            zip_bytes, sha = package.build_zip(function)
-            created = lam.create_function(
-                FunctionName=f"{function}-{suffix}",
-                Runtime="python3.11",
-                Role=role,
-                Handler=package.HANDLER,
-                Code={"ZipFile": zip_bytes},
-                Timeout=30,
-                Environment={"Variables": environments.get(function, {})},
-            )
-            assert created["CodeSha256"] == sha
-            arns[function] = created["FunctionArn"]
-        machine = sfn.create_state_machine(
-            name=f"image-classification-{suffix}",
-            definition=definition.render_for_functions(arns),
-            roleArn=role,
-        )["stateMachineArn"]
+            _, sha = package.build_zip(function)
+            assert created.functions[function]["CodeSha256"] == sha
+        machine = created.machine_arn
         yield Workflow(machine, bucket, endpoint)
 
 

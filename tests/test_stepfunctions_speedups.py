@@ -12,7 +12,6 @@ import http.client
 import json
 import re
 import threading
-import time
 import urllib.request
 import uuid
 from collections.abc import Iterator
@@ -27,6 +26,7 @@ from moto.moto_server.werkzeug_app import MotoRequestHandler
 from moto.stepfunctions.parser.asl.component.eval_component import EvalComponent
 from werkzeug.serving import make_server
 
+from scones.testing import invoking_role, run_execution
 from services.local_aws import stepfunctions_speedups as speedups
 from statemachine import definition
 from tests.conftest import LocalAws, start_local_aws, stop_process
@@ -140,16 +140,11 @@ class Target:
 
     def __init__(self, emulator: LocalAws) -> None:
         self.emulator = emulator
-        core = botocore.session.Session()
-        core.set_config_variable("config_file", emulator.env["AWS_CONFIG_FILE"])
-        core.set_config_variable("credentials_file", emulator.env["AWS_SHARED_CREDENTIALS_FILE"])
-        core.set_config_variable("profile", emulator.env["AWS_PROFILE"])
-        self.session = boto3.session.Session(botocore_session=core)
+        self.session = emulator.session()
         self.sfn = self.session.client("stepfunctions")
         self.lam = self.session.client("lambda")
-        self.role = self.session.client("iam").create_role(
-            RoleName=f"speedups-{uuid.uuid4().hex[:8]}", AssumeRolePolicyDocument="{}"
-        )["Role"]["Arn"]
+        # The state machines sign with this role (IAM enforced): it may invoke any function.
+        self.role = invoking_role(self.session, "speedups")
         self.functions: dict[str, str] = {}
 
     def health(self) -> dict[str, Any]:
@@ -168,6 +163,9 @@ class Target:
                 Code={"ZipFile": HANDLER_ZIP},
                 Timeout=timeout,
             )["FunctionArn"]
+            self.lam.get_waiter("function_active_v2").wait(
+                FunctionName=name, WaiterConfig={"Delay": 1, "MaxAttempts": 30}
+            )
         return self.functions[name]
 
     def machine(self, asl: dict[str, Any]) -> str:
@@ -177,15 +175,7 @@ class Target:
         return arn
 
     def run(self, machine: str, execution_input: dict[str, Any]) -> dict[str, Any]:
-        arn = self.sfn.start_execution(
-            stateMachineArn=machine, name=f"e-{uuid.uuid4().hex}", input=json.dumps(execution_input)
-        )["executionArn"]
-        deadline = time.monotonic() + 60
-        while (described := self.sfn.describe_execution(executionArn=arn))["status"] == "RUNNING":
-            assert time.monotonic() < deadline, "execution did not finish"
-            time.sleep(0.02)
-        described["events"] = self.sfn.get_execution_history(executionArn=arn)["events"]
-        return described
+        return run_execution(self.sfn, machine, execution_input, name=f"e-{uuid.uuid4().hex}")
 
 
 @pytest.fixture(scope="module")

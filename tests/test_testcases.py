@@ -20,8 +20,10 @@ from typing import Any
 import boto3
 import pytest
 
-from scripts import testcases
-from tests.conftest import REPO_ROOT, LocalAws
+from scones import testcases
+from scones.deploy.iam import trust
+from scones.settings import REPO_ROOT
+from tests.conftest import LocalAws
 
 PREFIX = "cifar100"
 CLASSES = ("bicycle", "motorcycle")
@@ -124,7 +126,7 @@ def stand_in(local_aws: LocalAws) -> Iterator[StandIn]:
     s3.put_object(Bucket=bucket, Key=f"{PREFIX}/test/manifest.jsonl", Body=manifest.encode())
     role = boto3.client("iam").create_role(
         RoleName=f"scones-testcases-{suffix}",
-        AssumeRolePolicyDocument=json.dumps({"Statement": []}),
+        AssumeRolePolicyDocument=trust("states.amazonaws.com"),
     )["Role"]["Arn"]
     sfn = boto3.client("stepfunctions")
     machine = sfn.create_state_machine(
@@ -138,9 +140,8 @@ def stand_in(local_aws: LocalAws) -> Iterator[StandIn]:
 
 def test_manifest_is_read_with_every_entry(stand_in: StandIn) -> None:
     manifest = testcases.read_manifest(stand_in.bucket, PREFIX)
-    assert [(e.key, e.label_index, e.label_name, e.class_id) for e in manifest] == [
-        (f"{PREFIX}/test/{r['key']}", r["label"], r["label_name"], r["fine_label"])
-        for r in stand_in.rows
+    assert [(e.key, e.label_index, e.label_name) for e in manifest] == [
+        (f"{PREFIX}/test/{r['key']}", r["label"], r["label_name"]) for r in stand_in.rows
     ]
     assert testcases.label_names(manifest) == {0: "bicycle", 1: "motorcycle"}
 
@@ -206,7 +207,7 @@ def test_outcomes_of_real_executions(stand_in: StandIn, tmp_path: Path) -> None:
     manifest = testcases.read_manifest(stand_in.bucket, PREFIX)
     cases = testcases.generate_cases(manifest, stand_in.bucket, n=20, seed=1)
     missing = testcases.TestCase(20, stand_in.bucket, f"{PREFIX}/test/missing_1.png", "bicycle", 0)
-    seen: list[testcases.Outcome] = []
+    seen: list[testcases.RunOutcome] = []
     outcomes = testcases.run_cases(
         stand_in.machine_arn,
         [*cases, missing],
@@ -240,7 +241,7 @@ def test_outcomes_of_real_executions(stand_in: StandIn, tmp_path: Path) -> None:
         if error:
             assert last["executionFailedEventDetails"]["error"] == error
     assert {o.error for o in outcomes} == {None, "LowConfidenceInference", "ImageNotFound"}
-    summary = testcases.summarize(outcomes)
+    summary = testcases.run_summary(outcomes)
     assert summary["unexpected"] == 1 and summary["filtered_out"] == 4
     assert summary["executions"] == 21 and summary["classified"] == 20
 
@@ -280,7 +281,7 @@ def test_no_more_than_in_flight_executions_run_at_once(stand_in: StandIn) -> Non
 
 def run_cli(local_aws: LocalAws, *arguments: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "scripts.testcases", *arguments],
+        [sys.executable, "-m", "scones.testcases", *arguments],
         cwd=REPO_ROOT,
         env={**local_aws.env, "PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO_ROOT)},
         capture_output=True,

@@ -20,9 +20,10 @@ import pytest
 import torch
 from PIL import Image
 
-from model import pack, train
-from scripts.etl import __main__ as etl_cli
-from scripts.etl import synthetic
+from model import train
+from scones.archives import pack_model
+from scones.etl import __main__ as etl_cli
+from scones.etl import synthetic
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 TRAIN_SCRIPT = REPO_ROOT / "model" / "train.py"
@@ -144,7 +145,7 @@ def test_default_training_reaches_the_bar_and_writes_a_deployable_model(
     assert config["mean"] == stats["mean"] and config["std"] == stats["std"]
     assert (job / "checkpoints" / "checkpoint.pt").is_file()
 
-    archive = pack.pack_model(model_dir, tmp_path / "model.tar.gz")
+    archive = pack_model(model_dir, tmp_path / "model.tar.gz")
     with tarfile.open(archive) as tar:
         assert sorted(tar.getnames()) == [
             "code/inference.py",

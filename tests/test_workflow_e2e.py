@@ -16,10 +16,12 @@ from typing import Any
 
 import boto3
 import pytest
+from botocore.exceptions import WaiterError
 
-from scripts import monitoring, testcases
-from scripts.deploy import LAMBDA_FUNCTIONS, Deployer, DeployOptions, DeployResult
-from scripts.settings import Settings
+from scones import monitoring, testcases
+from scones.deploy import Deployer, DeployOptions, DeployResult
+from scones.settings import Settings
+from scones.workflow_functions import WORKFLOW_FUNCTIONS
 from statemachine.definition import load_template
 from tests.conftest import LocalStack
 
@@ -120,8 +122,10 @@ def test_deployed_definition_is_the_repository_asl(deployed: DeployResult) -> No
         stateMachineArn=deployed.state_machine_arn
     )["definition"]
     template = load_template()
-    for suffix, placeholder, *_ in LAMBDA_FUNCTIONS.values():
-        template = template.replace("${" + placeholder + "}", deployed.functions[suffix])
+    for function in WORKFLOW_FUNCTIONS:
+        template = template.replace(
+            "${" + function.placeholder + "}", deployed.functions[function.suffix]
+        )
     assert "${" not in template
     assert json.loads(definition) == json.loads(template)
 
@@ -184,3 +188,38 @@ def test_report_from_real_captures(deployed: DeployResult, tmp_path: Path) -> No
             assert outcome["confidence"] == pytest.approx(max(body["inferences"]))
     html = report.html_path.read_text()
     assert 'src="http' not in html and "data:image/png;base64," in html
+
+
+def test_deploy_heals_a_lost_model_and_its_failed_endpoint(
+    deployed: DeployResult, settings: Settings
+) -> None:
+    """Last in the module: the artefact vanishes and the endpoint fails; the deploy heals both."""
+    s3, sagemaker = boto3.client("s3"), boto3.client("sagemaker")
+    bucket, key = deployed.model_artifact.removeprefix("s3://").split("/", 1)
+    s3.delete_object(Bucket=bucket, Key=key)
+    # The endpoint starts again without its artefact (as after a lost state folder): Failed.
+    wait = {"Delay": 1, "MaxAttempts": 180}
+    sagemaker.delete_endpoint(EndpointName=deployed.endpoint)
+    sagemaker.get_waiter("endpoint_deleted").wait(EndpointName=deployed.endpoint, WaiterConfig=wait)
+    sagemaker.create_endpoint(
+        EndpointName=deployed.endpoint, EndpointConfigName=deployed.endpoint_config
+    )
+    with pytest.raises(WaiterError):
+        sagemaker.get_waiter("endpoint_in_service").wait(
+            EndpointName=deployed.endpoint, WaiterConfig=wait
+        )
+    assert sagemaker.describe_endpoint(EndpointName=deployed.endpoint)["EndpointStatus"] == "Failed"
+
+    lines: list[str] = []
+    healed = Deployer(settings, OPTIONS, echo=lines.append).deploy()
+    changes = {c.resource: c for c in healed.changes}
+    assert changes["training job"].action == "heal", "\n".join(lines)
+    assert healed.training_job == f"{deployed.training_job}-2"
+    assert key in changes["training job"].detail
+    assert changes["endpoint"].action == "heal", "\n".join(lines)
+    assert "was Failed" in changes["endpoint"].detail
+    assert sagemaker.describe_endpoint(EndpointName=healed.endpoint)["EndpointStatus"] == (
+        "InService"
+    )
+    execution = _execute(healed, {"s3_bucket": healed.bucket, "s3_key": _test_keys(healed)[0]})
+    assert execution["status"] == "SUCCEEDED", execution

@@ -14,8 +14,6 @@ import logging
 import math
 import os
 import re
-import sys
-from datetime import UTC, datetime
 from typing import Any
 
 import boto3
@@ -68,47 +66,10 @@ class EndpointUnavailable(RuntimeError):
     """The endpoint is busy, starting or unreachable (worth a retry)."""
 
 
-class _JsonFormatter(logging.Formatter):
-    """One JSON object per line: level, message, function and the record's `extra` fields."""
-
-    _RECORD_FIELDS = frozenset(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
-
-    def format(self, record: logging.LogRecord) -> str:
-        entry: dict[str, Any] = {
-            "timestamp": datetime.fromtimestamp(record.created, UTC).isoformat(),
-            "level": record.levelname,
-            "logger": record.name,
-            "function": os.environ.get("AWS_LAMBDA_FUNCTION_NAME", record.name),
-            "message": record.getMessage(),
-        }
-        entry.update((k, v) for k, v in vars(record).items() if k not in self._RECORD_FIELDS)
-        if record.exc_info:
-            entry["exception"] = self.formatException(record.exc_info)
-        return json.dumps(entry, default=str)
-
-
-class _StdoutHandler(logging.Handler):
-    """Writes to the current `sys.stdout`, which Lambda ships to CloudWatch Logs."""
-
-    def emit(self, record: logging.LogRecord) -> None:
-        try:
-            print(self.format(record), file=sys.stdout, flush=True)
-        except Exception:
-            self.handleError(record)
-
-
-def _make_logger(name: str) -> logging.Logger:
-    log = logging.getLogger(name)
-    log.handlers[:] = [_StdoutHandler()]
-    log.handlers[0].setFormatter(_JsonFormatter())
-    log.propagate = False
-    level = os.environ.get("AWS_LAMBDA_LOG_LEVEL") or os.environ.get("LOG_LEVEL") or "INFO"
-    # An unknown level (AWS's TRACE, a typo) must not break the function's start.
-    log.setLevel(logging.getLevelNamesMapping().get(level.strip().upper(), logging.INFO))
-    return log
-
-
-logger = _make_logger("classify_image")
+# Plain logging: the Lambda runtime formats each record (with LogFormat JSON, as the deploy
+# sets: one JSON object with level, message, requestId and the `extra` fields) and filters
+# it by the function's ApplicationLogLevel, the same locally and on AWS.
+logger = logging.getLogger("classify_image")
 sagemaker_runtime = boto3.client("sagemaker-runtime")
 
 
@@ -123,7 +84,6 @@ def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     logger.info(
         "image classified",
         extra={
-            "request_id": getattr(context, "aws_request_id", None),
             "endpoint_name": endpoint_name,
             "s3_key": body.get("s3_key"),
             "label": label,

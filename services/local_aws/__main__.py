@@ -10,6 +10,7 @@ import signal
 import sys
 from pathlib import Path
 
+from . import iam_enforcement, persistence
 from .server import Emulator, EmulatorConfig
 
 
@@ -57,6 +58,18 @@ def main(argv: list[str] | None = None) -> int:
         help="let Lambda code import every package of this venv (AWS offers only boto3)",
     )
     parser.add_argument(
+        "--no-persist",
+        action="store_true",
+        default=not persistence.enabled_by_environment(),
+        help="keep state in memory only (LOCAL_AWS_PERSIST=0; default: kept in STATE_DIR/persist)",
+    )
+    parser.add_argument(
+        "--no-iam-enforcement",
+        action="store_true",
+        default=not iam_enforcement.enabled_by_environment(),
+        help="do not evaluate IAM policies for role credentials (LOCAL_AWS_IAM_ENFORCE=0)",
+    )
+    parser.add_argument(
         "--ready-file",
         type=Path,
         help="write {pid, port, endpoint_url} as JSON here once listening (use with --port 0)",
@@ -77,6 +90,8 @@ def main(argv: list[str] | None = None) -> int:
         lambda_idle_timeout_s=args.lambda_idle_timeout,
         lambda_env=_parse_env_pairs(args.lambda_env),
         lambda_isolation=not args.no_lambda_isolation,
+        persist=not args.no_persist,
+        iam_enforce=not args.no_iam_enforcement,
     )
     config.state_dir.mkdir(parents=True, exist_ok=True)
     emulator = Emulator(config)

@@ -10,7 +10,8 @@ from pathlib import Path
 
 PROFILE = "local"
 REGION = "us-east-1"
-# Dummy keys: the local stack accepts anything; these are not secrets.
+# Dummy keys, not secrets: the emulator treats them as the account's administrator (IAM policies
+# are enforced only for STS role-session credentials, see iam_enforcement.py).
 ACCESS_KEY_ID = "test"
 SECRET_ACCESS_KEY = "test"
 
@@ -30,6 +31,8 @@ def write_profile(
         f"[profile {profile}]",
         f"region = {region}",
         "output = json",
+        # StartSyncExecution/TestState would go to sync-127.0.0.1 (botocore's hostPrefix).
+        "disable_host_prefix_injection = true",
         f"endpoint_url = {aws_endpoint}",
     ]
     if sagemaker_endpoint:

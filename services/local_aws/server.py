@@ -8,6 +8,7 @@ moto's Docker path.
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import threading
@@ -19,8 +20,9 @@ from typing import Any
 
 from werkzeug.serving import BaseWSGIServer, make_server
 
-from . import stepfunctions_speedups
-from .lambda_runtime import FunctionSpec, LambdaRuntime, Worker
+from .. import browser_guard
+from . import iam_enforcement, persistence, stepfunctions_parity, stepfunctions_speedups
+from .lambda_runtime import LambdaRuntime, Worker
 
 log = logging.getLogger("local_aws")
 
@@ -43,6 +45,10 @@ class EmulatorConfig:
     lambda_env: dict[str, str] = field(default_factory=dict)
     # Step Functions interpreter with cached ASL programs and boto3 clients (see that module).
     sfn_speedups: bool = field(default_factory=stepfunctions_speedups.enabled_by_environment)
+    # State kept under state_dir/persist across restarts and crashes (see persistence.py).
+    persist: bool = field(default_factory=persistence.enabled_by_environment)
+    # IAM policies enforced for role (STS session) credentials (see iam_enforcement.py).
+    iam_enforce: bool = field(default_factory=iam_enforcement.enabled_by_environment)
 
 
 class Emulator:
@@ -52,12 +58,14 @@ class Emulator:
         self.config = config
         self.started_at = time.time()
         self._server: BaseWSGIServer | None = None
+        self.persistence: persistence.Persistence | None = None
+        self.restored: dict[str, Any] = {}
         self.runtime = LambdaRuntime(
             config.state_dir,
             max_concurrency=config.lambda_concurrency,
             idle_timeout_s=config.lambda_idle_timeout_s,
             extra_env=dict(config.lambda_env),
-            log_sink=_write_cloudwatch_logs,
+            log_sink=self._write_logs,
             isolate=config.lambda_isolation,
         )
         self._async_pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="lambda-event")
@@ -76,6 +84,11 @@ class Emulator:
         default_user_config["stepfunctions"]["execute_state_machine"] = True
         default_user_config["core"]["service_whitelist"] = None
         _install_lambda_runtime(self)
+        stepfunctions_parity.install()  # JSONata, Express, TestState, Wait/Retry time
+        if self.config.persist:
+            self.persistence = persistence.Persistence(self.config.state_dir / "persist")
+            self.restored = self.persistence.load()
+            log.info("state restored from %s: %s", self.persistence.root, self.restored)
         moto_app = DomainDispatcherApplication(create_backend_app)
         app = self._wsgi(moto_app)
         self._server = make_server(
@@ -99,6 +112,10 @@ class Emulator:
 
     def _wsgi(self, moto_app: Any) -> Any:
         def app(environ: dict[str, Any], start_response: Any) -> Any:
+            # Before moto (and its permissive CORS) sees anything: see services/browser_guard.py.
+            refused = browser_guard.wsgi_refusal(environ, (self.config.host,))
+            if refused is not None:
+                return _refuse(start_response, *refused)
             if environ.get("PATH_INFO") == HEALTH_PATH:
                 body = json.dumps(self.health()).encode()
                 start_response(
@@ -106,7 +123,15 @@ class Emulator:
                     [("Content-Type", "application/json"), ("Content-Length", str(len(body)))],
                 )
                 return [body]
-            return moto_app(environ, start_response)
+            if self.config.iam_enforce:
+                denied = _iam_denial(environ)
+                if denied is not None:
+                    start_response(f"{denied.status} Forbidden", denied.headers)
+                    return [denied.body]
+            store = self.persistence
+            if store is None:
+                return moto_app(environ, start_response)
+            return _persisting(store, moto_app, environ, start_response)
 
         return app
 
@@ -122,7 +147,9 @@ class Emulator:
             "lambda_concurrency": self.config.lambda_concurrency,
             "lambda_isolation": self.config.lambda_isolation,
             "state_dir": str(self.config.state_dir),
-            "persistence": False,
+            "persistence": self.persistence.stats if self.persistence else False,
+            "restored": self.restored,
+            "iam_enforcement": self.config.iam_enforce,
             "stepfunctions_speedups": speedups.stats() if speedups else None,
         }
 
@@ -137,29 +164,62 @@ class Emulator:
             threading.Thread(target=self._server.shutdown, daemon=True).start()
         self._async_pool.shutdown(wait=False, cancel_futures=True)
         self.runtime.shutdown()
+        if self.persistence is not None:
+            self.persistence.close()
+
+    def _write_logs(self, worker: Worker, lines: list[str]) -> None:
+        _write_cloudwatch_logs(worker, lines)
+        if self.persistence is not None:
+            self.persistence.changed_in_background("logs")
+
+
+def _persisting(
+    store: persistence.Persistence, moto_app: Any, environ: dict[str, Any], start_response: Any
+) -> Any:
+    """Run a request, then persist its change before the response is sent (headers included)."""
+    body: bytes | None = None
+    if str(environ.get("CONTENT_TYPE", "")).startswith("application/x-www-form-urlencoded"):
+        # IAM/STS name their action in the form body; moto must still read it afterwards.
+        length = int(environ.get("CONTENT_LENGTH") or 0)
+        body = environ["wsgi.input"].read(length) if length else b""
+        environ["wsgi.input"] = io.BytesIO(body)
+    status: list[int] = []
+
+    def recording_start_response(status_line: str, headers: Any, exc_info: Any = None) -> Any:
+        status.append(int(status_line.split(None, 1)[0]))
+        return start_response(status_line, headers, exc_info)
+
+    result = moto_app(environ, recording_start_response)
+    if status:
+        store.after_request(environ, body, status[0])
+    return result
+
+
+def _iam_denial(environ: dict[str, Any]) -> iam_enforcement.Denial | None:
+    """Check role credentials before moto acts; only then is a JSON/query body read here."""
+    signed = iam_enforcement.access_key_of(environ)
+    if signed is None or iam_enforcement.session_of(signed[0]) is None:
+        return None
+    body = b""
+    if signed[2] in ("states", "logs", "iam", "sts"):
+        length = int(environ.get("CONTENT_LENGTH") or 0)
+        body = environ["wsgi.input"].read(length) if length else b""
+        environ["wsgi.input"] = io.BytesIO(body)
+    return iam_enforcement.check(environ, body)
+
+
+def _refuse(start_response: Any, status: int, message: str) -> list[bytes]:
+    """An AWS-shaped AccessDenied, with no Access-Control-Allow-* header."""
+    body = json.dumps({"__type": "AccessDeniedException", "message": message}).encode()
+    start_response(
+        f"{status} Forbidden",
+        [("Content-Type", "application/json"), ("Content-Length", str(len(body)))],
+    )
+    return [body]
 
 
 def _client_host(host: str) -> str:
     return "127.0.0.1" if host in ("0.0.0.0", "") else host
-
-
-def _spec_of(fn: Any) -> FunctionSpec:
-    environment = tuple(sorted((str(k), str(v)) for k, v in (fn.environment_vars or {}).items()))
-    reserved = fn.reserved_concurrency
-    return FunctionSpec(
-        function_name=fn.function_name,
-        function_arn=fn.function_arn,
-        version=str(fn.version),
-        handler=fn.handler,
-        runtime=fn.run_time or "python3.12",
-        timeout_s=float(fn.timeout or 3),
-        memory_mb=int(fn.memory_size or 128),
-        environment=environment,
-        code_sha256=fn.code_sha_256,
-        region=fn.region,
-        account_id=fn.account_id,
-        reserved_concurrency=int(reserved) if reserved else None,
-    )
 
 
 def _write_cloudwatch_logs(worker: Worker, lines: list[str]) -> None:
@@ -167,7 +227,7 @@ def _write_cloudwatch_logs(worker: Worker, lines: list[str]) -> None:
 
     spec = worker.spec
     backend = logs_backends[spec.account_id][spec.region]
-    group = f"/aws/lambda/{spec.function_name}"
+    group = spec.logging.log_group or f"/aws/lambda/{spec.function_name}"
     try:
         backend.ensure_log_group(group)
         backend.ensure_log_stream(group, worker.log_stream_name)
@@ -180,42 +240,7 @@ def _write_cloudwatch_logs(worker: Worker, lines: list[str]) -> None:
 
 
 def _install_lambda_runtime(emulator: Emulator) -> None:
-    """Replace moto's Docker-based Lambda invocation with the real runtime."""
-    from moto.awslambda import models
-    from moto.awslambda.exceptions import InvalidParameterValueException, LambdaClientError
+    """Replace moto's Docker-based Lambda invocation with the real runtime, as AWS answers it."""
+    from . import lambda_service
 
-    class InvalidRequestContentException(LambdaClientError):
-        def __init__(self, message: str) -> None:
-            super().__init__("InvalidRequestContentException", message)
-
-    def invoke(
-        fn: Any, body: str | bytes | None, request_headers: Any, response_headers: Any
-    ) -> bytes:
-        raw = body.encode() if isinstance(body, str) else (body or b"")
-        payload = raw if raw.strip() else b"{}"
-        try:
-            json.loads(payload)
-        except ValueError as error:
-            raise InvalidRequestContentException(
-                f"Could not parse request body into json: {error}"
-            ) from error
-        if getattr(fn, "package_type", "Zip") == "Image":
-            raise InvalidParameterValueException("Image functions are not supported locally")
-        spec = _spec_of(fn)
-        invocation_type = request_headers.get("X-Amz-Invocation-Type", "RequestResponse")
-        if invocation_type == "DryRun":
-            return b""
-        client_context = request_headers.get("X-Amz-Client-Context")
-        if invocation_type == "Event":
-            emulator._async_pool.submit(
-                emulator.runtime.invoke, spec, lambda: fn.code_bytes, payload, client_context
-            )
-            return b""
-        outcome = emulator.runtime.invoke(spec, lambda: fn.code_bytes, payload, client_context)
-        if outcome.function_error:
-            response_headers["x-amz-function-error"] = outcome.function_error
-        response_headers["x-amz-executed-version"] = spec.version
-        response_headers["x-amz-log-result"] = outcome.log_tail_b64()
-        return outcome.payload
-
-    models.LambdaFunction.invoke = invoke  # type: ignore[method-assign,assignment]
+    lambda_service.install(emulator)

@@ -16,7 +16,8 @@ the same botocore client, with the same configuration, sends the same requests.
   program tree concurrently in Map iterations). The one lazily set attribute, each component's
   `heap_key` (its key into the environment's heap, used for retry counters), is assigned before
   the program is shared, so concurrent executions cannot race on it.
-- boto3 clients are cached per (region, service, endpoint): botocore clients are thread-safe.
+- boto3 clients are cached per (region, service, endpoint, execution role): botocore clients
+  are thread-safe. Each signs with its role's credentials (`stepfunctions_roles`).
 - The interpreter's Lambda client hands its requests to this server's own WSGI application
   in-process instead of over a loopback socket (werkzeug closes every connection, so each task
   paid a TCP connection, a server thread and request parsing). The request is the same signed
@@ -45,6 +46,8 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from typing import Any
 from urllib.parse import urlsplit
+
+from . import stepfunctions_roles
 
 log = logging.getLogger("local_aws.stepfunctions")
 
@@ -126,11 +129,13 @@ def assign_heap_keys(program: Any) -> int:
 
 
 class ClientCache:
-    """One boto3 client per (region, service, endpoint) for the interpreter's tasks."""
+    """One boto3 client per (region, service, endpoint, role) for the interpreter's tasks."""
 
     def __init__(self, transport: InProcessTransport | None = None) -> None:
         self.transport = transport
-        self._clients: dict[tuple[str, str, str | None], Any] = {}
+        # Each client signs with its role's credentials (stepfunctions_roles): a role's client
+        # is replaced when its credentials are refreshed.
+        self._clients: dict[tuple[str, str, str | None, str | None], tuple[Any, Any]] = {}
         self._lock = threading.Lock()
         self.created = 0
         self.requests = 0
@@ -140,22 +145,23 @@ class ClientCache:
         from moto.core.models import botocore_stubber
         from moto.settings import moto_server_port
 
+        credentials = stepfunctions_roles.credentials_for(state_credentials)
         # As moto: in-process mocks (botocore stubber) need no endpoint; the server needs ours.
         endpoint = None if botocore_stubber.enabled else f"http://localhost:{moto_server_port()}"
-        key = (region, service, endpoint)
+        key = (region, service, endpoint, credentials.role_arn if credentials else None)
         with self._lock:
             self.requests += 1
-            client = self._clients.get(key)
-            if client is None:
-                client = self._new_client(region, service, endpoint)
+            signed_with, client = self._clients.get(key, (None, None))
+            if client is None or signed_with is not credentials:
+                client = self._new_client(region, service, endpoint, credentials)
                 if endpoint and self.transport and service in IN_PROCESS_SERVICES:
                     client.meta.events.register("before-send", self.transport.send)
-                self._clients[key] = client
+                self._clients[key] = (credentials, client)
                 self.created += 1
             return client
 
     @staticmethod
-    def _new_client(region: str, service: str, endpoint: str | None) -> Any:
+    def _new_client(region: str, service: str, endpoint: str | None, credentials: Any) -> Any:
         # The configuration of moto's boto_client_for (moto 5.2.5), plus a larger pool.
         import boto3
         from botocore.config import Config
@@ -165,10 +171,8 @@ class ClientCache:
 
         kwargs = {"endpoint_url": endpoint} if endpoint else {}
         return boto3.session.Session().client(
-            aws_access_key_id="ak",
             region_name=region,
             service_name=service,
-            aws_secret_access_key="sk",
             config=Config(
                 parameter_validation=False,
                 retries={"max_attempts": 0, "total_max_attempts": 1},
@@ -176,6 +180,7 @@ class ClientCache:
                 read_timeout=TimeoutSeconds.DEFAULT_TIMEOUT_SECONDS,
                 max_pool_connections=CLIENT_POOL_CONNECTIONS,
             ),
+            **stepfunctions_roles.client_arguments(credentials),
             **kwargs,
         )
 
@@ -280,6 +285,7 @@ class Speedups:
             "clients_created": self.clients.created,
             "client_requests": self.clients.requests,
             "in_process_requests": self.transport.requests if self.transport else 0,
+            "role_sessions_assumed": stepfunctions_roles.SESSIONS.assumed,
             "jsonpath_compiled": _compile_jsonpath.cache_info().currsize
             + _compile_jsonpath_ext.cache_info().currsize,
         }

@@ -15,6 +15,9 @@ where there is one):
 | `--request-timeout` | `SAGEMAKER_MODEL_SERVER_TIMEOUT`, `MODEL_SERVER_TIMEOUT` | `60` s |
 | `--graceful-timeout` | `MODEL_SERVER_GRACEFUL_TIMEOUT` | `30` s |
 | `--content-types` | `MODEL_SERVER_CONTENT_TYPES` (comma-separated) | images, JSON, CSV, NPY |
+| `--max-queue` | `MODEL_SERVER_MAX_QUEUE` | `256` invocations waiting; more are answered 503 |
+| `--max-image-pixels` | `MODEL_SERVER_MAX_IMAGE_PIXELS` | `4194304` (2048x2048); 0: no limit |
+| `--max-image-bytes` | `MODEL_SERVER_MAX_IMAGE_BYTES` | `33554432` decoded bytes; 0: no limit |
 | (log level) | `MODEL_SERVER_LOG_LEVEL` | `INFO` |
 """
 
@@ -25,6 +28,7 @@ import os
 import sys
 from pathlib import Path
 
+from .image_budget import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, ImageBudget
 from .server import DEFAULT_CONTENT_TYPES, ServerConfig, serve
 
 
@@ -97,9 +101,29 @@ def parse_config(argv: list[str] | None = None, container: bool = False) -> Serv
         default=_env("MODEL_SERVER_CONTENT_TYPES", default=",".join(DEFAULT_CONTENT_TYPES)),
         help="comma-separated request content types passed to input_fn (others get 415)",
     )
+    parser.add_argument(
+        "--max-queue",
+        type=int,
+        default=int(_env("MODEL_SERVER_MAX_QUEUE", default="256")),
+        help="invocations that may wait for a worker; beyond it the answer is 503 (retryable)",
+    )
+    parser.add_argument(
+        "--max-image-pixels",
+        type=int,
+        default=int(_env("MODEL_SERVER_MAX_IMAGE_PIXELS", default=str(DEFAULT_MAX_PIXELS))),
+        help="largest image canvas decoded (pixels); larger ones get 400 before decoding",
+    )
+    parser.add_argument(
+        "--max-image-bytes",
+        type=int,
+        default=int(_env("MODEL_SERVER_MAX_IMAGE_BYTES", default=str(DEFAULT_MAX_BYTES))),
+        help="largest decoded image (bytes); larger ones get 400 before decoding",
+    )
     args = parser.parse_args(argv)
     if args.workers < 1 or args.max_batch_size < 1 or args.threads_per_worker < 0:
         parser.error("--workers and --max-batch-size must be at least 1")
+    if args.max_queue < 1 or args.max_image_pixels < 0 or args.max_image_bytes < 0:
+        parser.error("--max-queue must be at least 1, the image budgets at least 0")
     threads = args.threads_per_worker
     if threads == 0:
         # One CPU for the front end; spinning OpenMP threads that outnumber the CPUs starve it.
@@ -115,6 +139,9 @@ def parse_config(argv: list[str] | None = None, container: bool = False) -> Serv
         request_timeout_s=args.request_timeout,
         graceful_timeout_s=args.graceful_timeout,
         content_types=tuple(t.strip().lower() for t in args.content_types.split(",") if t.strip()),
+        check_host=not container,
+        max_queue=args.max_queue,
+        image_budget=ImageBudget(args.max_image_pixels, args.max_image_bytes),
     )
 
 

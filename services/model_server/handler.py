@@ -28,6 +28,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from .image_budget import ImageBudget
+
 log = logging.getLogger("model_server.handler")
 
 JSON = "application/json"
@@ -151,7 +153,8 @@ def load_inference_module(model_dir: Path) -> ModuleType | None:
 class ModelHandler:
     """The model's hooks and the model they loaded, run on batches of requests."""
 
-    def __init__(self, model_dir: str | Path) -> None:
+    def __init__(self, model_dir: str | Path, image_budget: ImageBudget | None = None) -> None:
+        self.image_budget = image_budget or ImageBudget()
         self.model_dir = Path(model_dir)
         if not self.model_dir.is_dir():
             raise FileNotFoundError(f"model directory {self.model_dir} does not exist")
@@ -178,6 +181,10 @@ class ModelHandler:
         responses: list[InferenceResponse | None] = [None] * len(requests)
         inputs: dict[int, Any] = {}
         for i, request in enumerate(requests):
+            over_budget = self.image_budget.refusal(request.body, request.content_type)
+            if over_budget is not None:
+                responses[i] = error_response(HookError(400, over_budget), "input")
+                continue
             try:
                 inputs[i] = self.input_fn(_decode_body(request), request.content_type)
             except Exception as exc:
@@ -197,6 +204,9 @@ class ModelHandler:
         return responses  # type: ignore[return-value]
 
     def _transform(self, request: InferenceRequest) -> InferenceResponse:
+        over_budget = self.image_budget.refusal(request.body, request.content_type)
+        if over_budget is not None:
+            return error_response(HookError(400, over_budget), "input")
         try:
             assert self.transform_fn is not None
             result = self.transform_fn(

@@ -25,11 +25,12 @@ import time
 import traceback
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .batching import BatchQueue, InvocationResult, PendingInvocation
+from .image_budget import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, ImageBudget
 from .metrics import ServerMetrics
 
 log = logging.getLogger("model_server.workers")
@@ -58,6 +59,7 @@ class WorkerSettings:
     model_dir: Path
     threads: int
     request_timeout_s: float
+    image_budget: ImageBudget = field(default_factory=ImageBudget)
 
 
 # --- the front end's side -------------------------------------------------------------------
@@ -111,6 +113,10 @@ class WorkerProcess:
                 threads,
                 "--parent-pid",
                 str(os.getpid()),
+                "--max-image-pixels",
+                str(self.settings.image_budget.max_pixels),
+                "--max-image-bytes",
+                str(self.settings.image_budget.max_bytes),
                 pass_fds=(child_sock.fileno(),),
                 env=env,
                 stdin=asyncio.subprocess.DEVNULL,
@@ -271,6 +277,11 @@ class WorkerPool:
         self._loops = [asyncio.create_task(self._serve(worker)) for worker in self.workers]
         log.info("%d worker(s) ready: pids %s", len(self.workers), [w.pid for w in self.workers])
 
+    @property
+    def serving(self) -> bool:
+        """At least one worker has the model loaded and is alive right now."""
+        return self.ready and any(w.ready and w.alive for w in self.workers)
+
     async def stop(self) -> None:
         """Stop taking batches and stop every worker process."""
         for task in self._loops:
@@ -294,10 +305,14 @@ class WorkerPool:
                 results = await worker.run_batch(batch)
             except WorkerFailed as exc:
                 failed = True
-                status = 504 if isinstance(exc, WorkerTimedOut) else 500
+                # A hung model is the model's fault (504); a crash is not the request's: 503 says
+                # "try again", and the replacement worker will take the retry.
+                timed_out = isinstance(exc, WorkerTimedOut)
+                status = 504 if timed_out else 503
                 log.error("worker %d (pid %s): %s", worker.index, worker.pid, exc)
-                self.metrics.record_error("timeout" if status == 504 else "worker_died")
-                results = [_error_result(status, "WorkerFailed", str(exc))] * len(batch)
+                self.metrics.record_error("timeout" if timed_out else "worker_died")
+                kind = "WorkerTimedOut" if timed_out else "WorkerDied"
+                results = [_error_result(status, kind, str(exc))] * len(batch)
             self.metrics.batch_latency.observe(time.monotonic() - started)
             for item, result in zip(batch, results, strict=True):
                 if not item.future.done():
@@ -374,6 +389,8 @@ def worker_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model-dir", required=True)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--parent-pid", type=int, required=True)
+    parser.add_argument("--max-image-pixels", type=int, default=DEFAULT_MAX_PIXELS)
+    parser.add_argument("--max-image-bytes", type=int, default=DEFAULT_MAX_BYTES)
     args = parser.parse_args(argv)
     # The front end owns shutdown: it finishes in-flight batches, then tells workers to stop.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -391,7 +408,9 @@ def worker_main(argv: list[str] | None = None) -> int:
             torch.set_num_interop_threads(1)
         from .handler import InferenceRequest, ModelHandler
 
-        handler = ModelHandler(args.model_dir)
+        handler = ModelHandler(
+            args.model_dir, ImageBudget(args.max_image_pixels, args.max_image_bytes)
+        )
         handler.load()
     except BaseException as exc:
         traceback.print_exc()

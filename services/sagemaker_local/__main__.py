@@ -7,18 +7,26 @@ Knobs (flags win over environment variables):
 | `--host` / `SAGEMAKER_LOCAL_HOST` | 127.0.0.1 | address to bind |
 | `--port` / `SAGEMAKER_LOCAL_PORT` | 4570 | port of control plane and runtime |
 | `--state-dir` / `SAGEMAKER_LOCAL_STATE_DIR` | `.state/sagemaker-local` | all its state |
-| `SAGEMAKER_LOCAL_ACCOUNT_ID` | from STS, else 123456789012 | account in ARNs and messages |
+| `SAGEMAKER_LOCAL_ACCOUNT_ID` | from STS | account in ARNs and messages |
+| `SAGEMAKER_LOCAL_STS_DEADLINE_S` | 30 | how long to retry STS GetCallerIdentity at start |
+| `SAGEMAKER_LOCAL_STOP_GRACE_S` | 120 | SIGTERM -> SIGKILL of a stopped job (AWS: 120 s) |
 | `SAGEMAKER_LOCAL_STARTUP_TIMEOUT_S` | 600 | /ping deadline of a new model server |
 | `SAGEMAKER_LOCAL_INVOCATION_TIMEOUT_S` | 60 | InvokeEndpoint timeout (AWS: 60 s) |
-| `SAGEMAKER_LOCAL_CAPTURE_FLUSH_SECONDS` | 2 | capture files written at least this often |
-| `SAGEMAKER_LOCAL_CAPTURE_FLUSH_BYTES` | 1048576 | ... or once this much is buffered |
+| `SAGEMAKER_LOCAL_CAPTURE_FLUSH_SECONDS` | 2 | capture objects written to S3 at least this often |
+| `SAGEMAKER_LOCAL_CAPTURE_FLUSH_BYTES` | 1048576 | ... or once a spool file is this large |
+| `SAGEMAKER_LOCAL_CAPTURE_SPOOL_MAX_BYTES` | 1 GiB | capture spool bound on disk (0: none) |
+| `SAGEMAKER_LOCAL_CAPTURE_SYNC_SECONDS` | 0.1 | fdatasync of open spool files (0: at seal) |
 | `SAGEMAKER_LOCAL_MAX_ENDPOINTS` | 16 | endpoints running at once |
 | `SAGEMAKER_LOCAL_MAX_TRAINING_JOBS` | 4 | training jobs running at once |
 | `SAGEMAKER_LOCAL_MAX_MODEL_BYTES` | 8 GiB | largest unpacked model archive |
 | `SAGEMAKER_LOCAL_SERVE_COMMAND` | `python -m services.model_server` | serving command |
 
 AWS access (S3, CloudWatch Logs, STS) goes through the standard configuration (`AWS_PROFILE`).
-SIGTERM/SIGINT stop it cleanly: model servers and training processes stopped, capture flushed.
+SIGTERM/SIGINT stop it cleanly: model servers and training processes stopped, capture shipped.
+Captured records are on local disk before InvokeEndpoint answers (`capture_spool`): a SIGKILL
+loses none; a power loss at most the last 0.1 s (`SAGEMAKER_LOCAL_CAPTURE_SYNC_SECONDS`). A dead
+model server is replaced (`supervisor`); a second process on the same `--state-dir` refuses to
+start (`state_lock`).
 """
 
 from __future__ import annotations
@@ -26,17 +34,20 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import sys
+import time
 from pathlib import Path
 
 import boto3
 import uvicorn
 from botocore.config import Config
 
-from .models import BackendConfig, SageMakerBackend
+from .backend import BackendConfig, SageMakerBackend
+from .capture_spool import DEFAULT_MAX_SPOOL_BYTES
 from .responses import SageMakerApp
+from .state_lock import StateFolderBusy, lock_state_folder
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-DEFAULT_ACCOUNT = "123456789012"
 
 log = logging.getLogger("sagemaker_local")
 
@@ -45,20 +56,42 @@ def _env(name: str, default: str) -> str:
     return os.environ.get(name, "").strip() or default
 
 
-def resolve_account(session: boto3.session.Session) -> str:
-    """The caller's account: configured, or asked of STS (quickly), or the emulator default."""
+class AccountUnknown(RuntimeError):
+    """STS could not tell whose account this is: no ARN may be invented."""
+
+
+def resolve_account(session: boto3.session.Session, deadline_s: float | None = None) -> str:
+    """The caller's account: configured, or asked of STS with retries until a deadline.
+
+    Never a made-up default: ARNs with the wrong account break IAM policies and the deploy's
+    comparisons, so a backend whose STS does not answer is a start-up failure, said loudly.
+    """
     configured = os.environ.get("SAGEMAKER_LOCAL_ACCOUNT_ID", "").strip()
     if configured:
         return configured
-    try:
-        sts = session.client(
-            "sts",
-            config=Config(connect_timeout=2, read_timeout=3, retries={"max_attempts": 1}),
-        )
-        return str(sts.get_caller_identity()["Account"])
-    except Exception as exc:  # no STS (or no credentials) is not fatal
-        log.info("STS unavailable (%s); using account %s", exc, DEFAULT_ACCOUNT)
-        return DEFAULT_ACCOUNT
+    if deadline_s is None:
+        deadline_s = float(_env("SAGEMAKER_LOCAL_STS_DEADLINE_S", "30"))
+    sts = session.client(
+        "sts", config=Config(connect_timeout=2, read_timeout=3, retries={"max_attempts": 1})
+    )
+    deadline = time.monotonic() + deadline_s
+    delay = 0.1
+    attempts = 0
+    while True:
+        attempts += 1
+        try:
+            return str(sts.get_caller_identity()["Account"])
+        except Exception as exc:  # any failure is retried until the deadline
+            last = exc
+        if time.monotonic() + delay > deadline:
+            raise AccountUnknown(
+                f"STS GetCallerIdentity failed {attempts} time(s) within {deadline_s:g} s "
+                f"({type(last).__name__}: {last}); set SAGEMAKER_LOCAL_ACCOUNT_ID or make STS "
+                "reachable (AWS_PROFILE / AWS_ENDPOINT_URL_STS)"
+            )
+        log.info("STS not answering yet (%s); retrying in %.1f s", last, delay)
+        time.sleep(delay)
+        delay = min(delay * 2, 2.0)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -88,16 +121,30 @@ def main(argv: list[str] | None = None) -> None:
     session = boto3.session.Session()
     state_dir = args.state_dir.resolve()
     state_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        state_lock = lock_state_folder(state_dir)
+    except StateFolderBusy as exc:
+        log.error("%s", exc)
+        sys.exit(f"sagemaker-local: {exc}")
+    try:
+        account_id = resolve_account(session)
+    except AccountUnknown as exc:
+        log.error("sagemaker-local cannot start: %s", exc)
+        sys.exit(f"sagemaker-local: {exc}")
     config = BackendConfig(
         state_dir=state_dir,
         region=session.region_name or "us-east-1",
-        account_id=resolve_account(session),
+        account_id=account_id,
         startup_timeout_s=float(_env("SAGEMAKER_LOCAL_STARTUP_TIMEOUT_S", "600")),
         invocation_timeout_s=float(_env("SAGEMAKER_LOCAL_INVOCATION_TIMEOUT_S", "60")),
         max_endpoints=int(_env("SAGEMAKER_LOCAL_MAX_ENDPOINTS", "16")),
         max_training_jobs=int(_env("SAGEMAKER_LOCAL_MAX_TRAINING_JOBS", "4")),
         capture_flush_interval_s=float(_env("SAGEMAKER_LOCAL_CAPTURE_FLUSH_SECONDS", "2")),
         capture_flush_bytes=int(_env("SAGEMAKER_LOCAL_CAPTURE_FLUSH_BYTES", str(1 << 20))),
+        capture_spool_max_bytes=int(
+            _env("SAGEMAKER_LOCAL_CAPTURE_SPOOL_MAX_BYTES", str(DEFAULT_MAX_SPOOL_BYTES))
+        ),
+        capture_sync_interval_s=float(_env("SAGEMAKER_LOCAL_CAPTURE_SYNC_SECONDS", "0.1")),
     )
     backend = SageMakerBackend(config)
     log.info(
@@ -109,7 +156,7 @@ def main(argv: list[str] | None = None) -> None:
         state_dir,
     )
     uvicorn.run(
-        SageMakerApp(backend),
+        SageMakerApp(backend, bind_host=args.host),
         host=args.host,
         port=args.port,
         lifespan="on",
@@ -117,6 +164,7 @@ def main(argv: list[str] | None = None) -> None:
         access_log=False,
         timeout_graceful_shutdown=10,
     )
+    state_lock.close()
 
 
 if __name__ == "__main__":

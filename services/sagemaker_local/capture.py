@@ -11,39 +11,42 @@ in objects at
 (hour folder and file name from the first record's time, UTC). Content types listed in
 `CaptureContentTypeHeader` are stored as CSV/JSON text, everything else as BASE64.
 
-Records are buffered and written on size or every few seconds by one flusher thread; an upload
-that fails is spooled to disk and retried (also after a restart), so no record is lost.
+Every record goes to the destination's spool on local disk before the invocation is answered,
+and is shipped from there (`capture_spool`: what a crash can lose, retries, bounds).
 """
 
 from __future__ import annotations
 
 import base64
+import contextlib
+import errno
 import json
 import logging
 import random
 import threading
 import time
 import uuid
-from collections import defaultdict
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
+from .capture_spool import (
+    DEFAULT_MAX_SPOOL_BYTES,
+    SYNC_INTERVAL_S,
+    DestinationSpool,
+    ObjectWriter,
+    SpoolBudget,
+    SpoolFile,
+    destination_id,
+    recover_open_file,
+)
 from .s3io import split_s3_uri
 
 log = logging.getLogger(__name__)
 
 DEFAULT_FLUSH_INTERVAL_S = 2.0
 DEFAULT_FLUSH_BYTES = 1 << 20
-# Longer than an invocation may take (60 s): a retired writer outlives every request using it.
-RETIRED_WRITER_GRACE_S = 120.0
-
-
-class ObjectWriter(Protocol):
-    """What the writer needs from S3 (a boto3 S3 client fits)."""
-
-    def put_object(self, **kwargs: Any) -> Any: ...
 
 
 @dataclass(frozen=True)
@@ -143,25 +146,20 @@ def capture_key(prefix: str, endpoint: str, variant: str, first_time: datetime) 
     return f"{prefix}/{path}" if prefix else path
 
 
-@dataclass
-class _Pending:
-    variant: str
-    time: datetime
-    line: bytes
-
-
 class CaptureWriter:
-    """capture_writer of one endpoint: samples, buffers and hands out files to upload."""
+    """capture_writer of one endpoint config: samples, and appends each record to the spool."""
 
     def __init__(self, endpoint_name: str, settings: CaptureSettings, service: CaptureService):
         self.endpoint_name = endpoint_name
         self.settings = settings
         self._service = service
+        self._spool = service.spool_for(settings.destination_s3_uri)
+        self._bucket, self._prefix = split_s3_uri(settings.destination_s3_uri)
         self._lock = threading.Lock()
-        self._buffer: list[_Pending] = []
-        self._buffered_bytes = 0
+        self._files: dict[str, SpoolFile] = {}
         self.captured = 0
-        self.retired_at: float | None = None
+        self.dropped = 0
+        self.retired = False
 
     def sampled(self) -> bool:
         """Whether this invocation is captured (`InitialSamplingPercentage`)."""
@@ -169,35 +167,59 @@ class CaptureWriter:
         return pct >= 100 or (pct > 0 and random.random() * 100 < pct)
 
     def add(self, variant: str, record: dict[str, Any], when: datetime) -> None:
-        """Buffer one record; a full buffer wakes the flusher."""
+        """Write one record to the spool (on disk when this returns); never raises."""
         line = json.dumps(record, separators=(",", ":")).encode() + b"\n"
-        with self._lock:
-            self._buffer.append(_Pending(variant, when, line))
-            self._buffered_bytes += len(line)
-            self.captured += 1
-            full = self._buffered_bytes >= self._service.flush_bytes
-        if full:
-            self._service.wake()
+        hour = when.astimezone(UTC).strftime("%Y%m%d%H")
+        sealed: list[SpoolFile] = []
+        try:
+            with self._lock:
+                self._service.budget.check(len(line))
+                current = self._files.get(variant)
+                if current is not None and current.hour != hour:
+                    sealed.append(self._files.pop(variant))  # an hour folder per object
+                    current = None
+                if current is None:
+                    key = capture_key(self._prefix, self.endpoint_name, variant, when)
+                    current = self._spool.open_file(self._bucket, key, hour)
+                    self._files[variant] = current
+                current.append(line)
+                self._service.budget.add(len(line))
+                self.captured += 1
+                if current.size >= self._service.flush_bytes:
+                    sealed.append(self._files.pop(variant))
+        except OSError as exc:
+            self.dropped += 1
+            self._service.record_drop(self.endpoint_name, exc)
+        for spool_file in sealed:
+            self._service.seal(self._spool, spool_file)
 
-    def drain(self) -> list[tuple[str, str, bytes]]:
-        """Take the buffer as (bucket, key, body) files, one per variant and hour."""
+    def sync(self) -> None:
+        """fsync the open files (the flusher's 100 ms beat)."""
         with self._lock:
-            pending, self._buffer, self._buffered_bytes = self._buffer, [], 0
-        if not pending:
-            return []
-        groups: dict[tuple[str, str], list[_Pending]] = defaultdict(list)
-        for item in pending:
-            groups[(item.variant, item.time.astimezone(UTC).strftime("%Y%m%d%H"))].append(item)
-        bucket, prefix = split_s3_uri(self.settings.destination_s3_uri)
-        files = []
-        for (variant, _hour), items in groups.items():
-            key = capture_key(prefix, self.endpoint_name, variant, items[0].time)
-            files.append((bucket, key, b"".join(i.line for i in items)))
-        return files
+            files = list(self._files.values())
+        for spool_file in files:
+            with contextlib.suppress(OSError):
+                spool_file.sync()
+
+    def take_files(self, older_than_s: float | None = None) -> list[SpoolFile]:
+        """Hand over the open files to seal (all of them, or those older than a bound)."""
+        now = time.monotonic()
+        with self._lock:
+            variants = [
+                v
+                for v, f in self._files.items()
+                if older_than_s is None or now - f.opened >= older_than_s
+            ]
+            return [self._files.pop(v) for v in variants]
+
+    @property
+    def spool(self) -> DestinationSpool:
+        """The spool of this writer's destination."""
+        return self._spool
 
 
 class CaptureService:
-    """Owns every capture_writer and the one thread that writes their files to S3."""
+    """Owns every capture_writer, the spools of their destinations and the flusher thread."""
 
     def __init__(
         self,
@@ -205,19 +227,62 @@ class CaptureService:
         spool_dir: Path,
         flush_interval_s: float = DEFAULT_FLUSH_INTERVAL_S,
         flush_bytes: int = DEFAULT_FLUSH_BYTES,
+        max_spool_bytes: int = DEFAULT_MAX_SPOOL_BYTES,
+        sync_interval_s: float = SYNC_INTERVAL_S,
     ) -> None:
         self.s3 = s3
         self.spool_dir = spool_dir
         self.spool_dir.mkdir(parents=True, exist_ok=True)
         self.flush_interval_s = flush_interval_s
         self.flush_bytes = flush_bytes
+        self.budget = SpoolBudget(max_spool_bytes)
+        self.sync_interval_s = sync_interval_s
+        self.dropped = 0
+        self.last_drop = ""
+        self._spools: dict[str, DestinationSpool] = {}
         self._writers: set[CaptureWriter] = set()
         self._lock = threading.Lock()
-        self._flush_lock = threading.Lock()
-        self._wake = threading.Event()
-        self._closing = False
+        self._closing = threading.Event()
+        self._recover()
         self._thread = threading.Thread(target=self._run, name="capture-flusher", daemon=True)
         self._thread.start()
+
+    def _recover(self) -> None:
+        """Seal what a crash left open, adopt the old spool format, ship everything."""
+        for legacy in sorted(self.spool_dir.glob("*.json")):  # before: meta + body files
+            body = legacy.with_suffix(".jsonl")
+            try:
+                meta = json.loads(legacy.read_text(encoding="utf-8"))
+                folder = self.spool_dir / destination_id(meta["bucket"], "")
+                folder.mkdir(exist_ok=True)
+                target = folder / f"{legacy.stem}.ready"
+                header = json.dumps({"bucket": meta["bucket"], "key": meta["key"]}).encode()
+                target.write_bytes(header + b"\n" + body.read_bytes())
+            except (OSError, ValueError, KeyError) as exc:
+                log.warning("unreadable old capture spool entry %s: %s", legacy.name, exc)
+                continue
+            legacy.unlink(missing_ok=True)
+            body.unlink(missing_ok=True)
+        for folder in sorted(p for p in self.spool_dir.iterdir() if p.is_dir()):
+            for path in sorted(folder.glob("*.open")):
+                recover_open_file(path)
+            sizes = [p.stat().st_size for p in folder.glob("*.ready")]
+            self.budget.add(sum(sizes))
+            if sizes:
+                log.info("capture spool %s: %d file(s) to ship from before", folder, len(sizes))
+                self._spool(folder.name).wake()
+
+    def _spool(self, folder_name: str) -> DestinationSpool:
+        with self._lock:
+            spool = self._spools.get(folder_name)
+            if spool is None:
+                spool = DestinationSpool(self.spool_dir / folder_name, self.s3, self.budget)
+                self._spools[folder_name] = spool
+            return spool
+
+    def spool_for(self, destination_s3_uri: str) -> DestinationSpool:
+        """The spool of one destination (created on first use)."""
+        return self._spool(destination_id(*split_s3_uri(destination_s3_uri)))
 
     def writer(self, endpoint_name: str, settings: CaptureSettings) -> CaptureWriter:
         """A new capture_writer for an endpoint's active config."""
@@ -227,77 +292,80 @@ class CaptureService:
         return w
 
     def retire(self, writer: CaptureWriter) -> None:
-        """Flush a writer whose endpoint config is gone (endpoint updated or deleted).
+        """Seal a writer whose endpoint config is gone (endpoint updated or deleted).
 
-        It stays registered for a while: invocations already in flight on the old route may
-        still add records to it, and those must be written too.
+        Invocations still in flight on the old route may add records afterwards: they open
+        new spool files, which the flusher seals by age and then forgets the writer.
         """
-        writer.retired_at = time.monotonic()
-        self._write_files(writer.drain())
+        writer.retired = True
+        for spool_file in writer.take_files():
+            self.seal(writer.spool, spool_file)
 
-    def wake(self) -> None:
-        """Ask the flusher for an early flush."""
-        self._wake.set()
+    def seal(self, spool: DestinationSpool, spool_file: SpoolFile) -> None:
+        """Seal one spool file and wake its destination's shipper."""
+        try:
+            spool_file.seal()
+        except OSError as exc:
+            log.error("could not seal capture spool file %s: %s", spool_file.path, exc)
+            return
+        spool.wake()
 
-    def flush(self) -> None:
-        """Write every buffered record now, and retry spooled files."""
+    def record_drop(self, endpoint_name: str, exc: OSError) -> None:
+        """A record that could not be spooled: said loudly, counted in /_health."""
+        self.dropped += 1
+        reason = "disk full" if exc.errno == errno.ENOSPC else "write failed"
+        self.last_drop = f"{endpoint_name}: {reason}: {exc}"
+        log.error("capture record of endpoint %s dropped (%s): %s", endpoint_name, reason, exc)
+
+    def _seal_all(self, older_than_s: float | None = None) -> list[DestinationSpool]:
+        """Seal the open files of every writer (or those older than a bound); the spools."""
         with self._lock:
             writers = list(self._writers)
-        with self._flush_lock:
-            for w in writers:
-                self._write_files(w.drain())
-            self._retry_spool()
-        now = time.monotonic()
+            spools = list(self._spools.values())
+        for w in writers:
+            for spool_file in w.take_files(older_than_s):
+                self.seal(w.spool, spool_file)
+        return spools
+
+    def flush(self) -> None:
+        """Seal every open spool file now and ship every destination."""
+        for spool in self._seal_all():
+            spool.ship()
+
+    def status(self) -> dict[str, Any]:
+        """What /_health says about capture."""
         with self._lock:
-            for w in writers:
-                if w.retired_at is not None and now - w.retired_at > RETIRED_WRITER_GRACE_S:
-                    self._writers.discard(w)
-        for w in writers:  # a record added between the drain and the discard
-            if w.retired_at is not None and w not in self._writers:
-                self._write_files(w.drain())
+            spools = list(self._spools.values())
+        return {
+            "spoolBytes": self.budget.used,
+            "pendingFiles": sum(s.pending() for s in spools),
+            "dropped": self.dropped,
+            "lastDrop": self.last_drop,
+            "failingDestinations": [s.folder.name for s in spools if s.failures],
+        }
 
     def close(self) -> None:
-        """Stop the flusher and write everything; what cannot be uploaded stays spooled."""
-        self._closing = True
-        self._wake.set()
+        """Stop the flusher, seal everything, ship once; what S3 does not take stays spooled."""
+        self._closing.set()
         self._thread.join(timeout=30)
-        self.flush()
+        for spool in self._seal_all():
+            spool.close()
 
     def _run(self) -> None:
-        while not self._closing:
-            self._wake.wait(self.flush_interval_s)
-            self._wake.clear()
+        last_seal = time.monotonic()
+        beat = self.sync_interval_s or SYNC_INTERVAL_S
+        while not self._closing.wait(beat):
             try:
-                self.flush()
+                with self._lock:
+                    writers = list(self._writers)
+                if self.sync_interval_s:
+                    for w in writers:
+                        w.sync()
+                if time.monotonic() - last_seal < min(self.flush_interval_s, 1.0):
+                    continue
+                last_seal = time.monotonic()
+                self._seal_all(older_than_s=self.flush_interval_s)
+                with self._lock:
+                    self._writers = {w for w in self._writers if not (w.retired and not w._files)}
             except Exception:  # the flusher must survive anything
                 log.exception("capture flush failed")
-
-    def _write_files(self, files: list[tuple[str, str, bytes]]) -> None:
-        for bucket, key, body in files:
-            try:
-                self._put(bucket, key, body)
-            except Exception as exc:  # any failure: keep the records on disk
-                log.warning("capture upload to s3://%s/%s failed (%s); spooled", bucket, key, exc)
-                self._spool(bucket, key, body)
-
-    def _put(self, bucket: str, key: str, body: bytes) -> None:
-        self.s3.put_object(Bucket=bucket, Key=key, Body=body, ContentType="application/jsonl")
-
-    def _spool(self, bucket: str, key: str, body: bytes) -> None:
-        stem = f"{time.time_ns()}-{uuid.uuid4().hex}"
-        (self.spool_dir / f"{stem}.jsonl").write_bytes(body)
-        # The meta file is written last: a spool entry exists once both are there.
-        meta = json.dumps({"bucket": bucket, "key": key})
-        (self.spool_dir / f"{stem}.json").write_text(meta, encoding="utf-8")
-
-    def _retry_spool(self) -> None:
-        for meta_path in sorted(self.spool_dir.glob("*.json")):
-            body_path = meta_path.with_suffix(".jsonl")
-            try:
-                meta = json.loads(meta_path.read_text(encoding="utf-8"))
-                self._put(meta["bucket"], meta["key"], body_path.read_bytes())
-            except Exception as exc:
-                log.debug("spooled capture file %s still pending: %s", meta_path.name, exc)
-                return
-            meta_path.unlink(missing_ok=True)
-            body_path.unlink(missing_ok=True)

@@ -85,15 +85,8 @@ class ModelError(SageMakerError):
     status = 424
 
 
-class ModelNotReadyException(SageMakerError):
-    """The endpoint exists but its model server is not ready to take traffic."""
-
-    code = "ModelNotReadyException"
-    status = 429
-
-
 class ServiceUnavailable(SageMakerError):
-    """The runtime cannot serve now (sagemaker-local shutting down)."""
+    """The runtime cannot serve now, retryable: shutting down, model server busy or replaced."""
 
     code = "ServiceUnavailable"
     status = 503

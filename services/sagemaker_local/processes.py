@@ -70,6 +70,33 @@ def stop(proc: subprocess.Popen[bytes], grace_s: float = 10.0) -> int | None:
     return proc.returncode
 
 
+def stop_grace_s() -> float:
+    """SIGTERM -> SIGKILL grace of a stopped training job: AWS gives 120 s, locally a knob."""
+    try:
+        return max(0.0, float(os.environ.get("SAGEMAKER_LOCAL_STOP_GRACE_S", "") or 120))
+    except ValueError:
+        return 120.0
+
+
+def terminate(proc: subprocess.Popen[bytes], grace_s: float | None = None) -> threading.Timer:
+    """SIGTERM the child's group now and SIGKILL it once the grace period has passed.
+
+    Returns at once (the caller may be reading the child's output); the SIGKILL runs on a
+    timer, so a child that ignores SIGTERM still dies and its output pipe closes.
+    """
+    grace = stop_grace_s() if grace_s is None else grace_s
+    signal_group(proc, signal.SIGTERM)
+
+    def kill() -> None:
+        if proc.poll() is None:
+            signal_group(proc, signal.SIGKILL)
+
+    timer = threading.Timer(grace, kill)
+    timer.daemon = True
+    timer.start()
+    return timer
+
+
 def kill_stale_group(pid: int, marker: str) -> bool:
     """Kill a process group left by a previous run, if its leader's command line has marker."""
     try:

@@ -18,7 +18,9 @@ import uuid
 from typing import Any
 from urllib.parse import unquote
 
+from ..browser_guard import refusal
 from . import shapes
+from .backend import SageMakerBackend
 from .exceptions import (
     InternalFailure,
     PayloadTooLarge,
@@ -28,7 +30,7 @@ from .exceptions import (
     UnknownOperationException,
     ValidationException,
 )
-from .models import SageMakerBackend
+from .notebooks import NOTEBOOK_OPERATIONS
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +38,8 @@ log = logging.getLogger(__name__)
 MAX_INVOKE_BYTES = 6_291_456
 MAX_CONTROL_BYTES = 16 << 20
 JSON_11 = b"application/x-amz-json-1.1"
+# Deeper than any SageMaker input shape nests (HyperParameters maps are flat): refused early.
+MAX_JSON_DEPTH = 32
 
 OPERATIONS = {
     op: "".join("_" + c.lower() if c.isupper() else c for c in op).lstrip("_")
@@ -57,6 +61,7 @@ OPERATIONS = {
         "DeleteEndpoint",
         "ListEndpoints",
         "UpdateEndpoint",
+        *NOTEBOOK_OPERATIONS,
     )
 }
 
@@ -106,9 +111,10 @@ def _request_id() -> bytes:
 class SageMakerApp:
     """The ASGI application of sagemaker-local."""
 
-    def __init__(self, backend: SageMakerBackend) -> None:
+    def __init__(self, backend: SageMakerBackend, bind_host: str = "127.0.0.1") -> None:
         self.backend = backend
         self.router = backend.router
+        self.bind_host = bind_host
 
     async def __call__(self, scope: dict[str, Any], receive: Receive, send: Send) -> None:
         """Dispatch one ASGI connection scope."""
@@ -144,6 +150,18 @@ class SageMakerApp:
     async def _http(self, scope: dict[str, Any], receive: Receive, send: Send) -> None:
         method = scope["method"]
         path = scope["path"]
+        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
+        refused = refusal(method, path, headers, (self.bind_host,))
+        if refused is not None:  # a browser page (or a rebinding one): before anything acts
+            status, message = refused
+            body = json.dumps({"__type": "AccessDeniedException", "message": message}).encode()
+            await _respond(
+                send,
+                status,
+                body,
+                [(b"content-type", b"application/json"), (b"x-amzn-requestid", _request_id())],
+            )
+            return
         if method == "POST" and path.startswith("/endpoints/") and path.endswith("/invocations"):
             await self._invoke(
                 scope, receive, send, unquote(path[len("/endpoints/") : -len("/invocations")])
@@ -186,12 +204,7 @@ class SageMakerApp:
             raise UnknownOperationException(f"sagemaker-local does not implement {operation}.")
         if body is None:
             raise ValidationException("Request body too large.")
-        try:
-            params = json.loads(body) if body.strip() else {}
-        except ValueError as exc:
-            raise SerializationException(f"Request body is not JSON: {exc}") from exc
-        if not isinstance(params, dict):
-            raise SerializationException("Request body must be a JSON object.")
+        params = parse_request(body)
         op_model = shapes.operation("sagemaker", operation)
         shapes.validate_input(op_model, params)
         handler = getattr(self.backend, OPERATIONS[operation])
@@ -266,6 +279,42 @@ class SageMakerApp:
         else:
             body = exc.body()
         await _respond(send, exc.status, json.dumps(body).encode(), headers)
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValidationException(f"Value {name} is not a valid number: JSON has no {name}.")
+
+
+def _depth(value: Any) -> int:
+    """Nesting depth of parsed JSON, without recursion."""
+    deepest = 0
+    stack = [(value, 1)]
+    while stack:
+        item, level = stack.pop()
+        if isinstance(item, dict | list):
+            deepest = max(deepest, level)
+            if level > MAX_JSON_DEPTH:
+                return level
+            children = item.values() if isinstance(item, dict) else item
+            stack.extend((child, level + 1) for child in children)
+    return deepest
+
+
+def parse_request(body: bytes) -> dict[str, Any]:
+    """A control-plane request body as a JSON object; 400 for anything else, never 500."""
+    try:
+        params = json.loads(body, parse_constant=_refuse_constant) if body.strip() else {}
+    except RecursionError:
+        raise ValidationException(
+            f"Request body is nested deeper than {MAX_JSON_DEPTH} levels."
+        ) from None
+    except ValueError as exc:  # also UnicodeDecodeError
+        raise SerializationException(f"Request body is not JSON: {exc}") from exc
+    if not isinstance(params, dict):
+        raise SerializationException("Request body must be a JSON object.")
+    if _depth(params) > MAX_JSON_DEPTH:
+        raise ValidationException(f"Request body is nested deeper than {MAX_JSON_DEPTH} levels.")
+    return params
 
 
 def _header(headers: dict[bytes, bytes], name: bytes) -> str | None:

@@ -5,6 +5,7 @@ Keys are untrusted: a key whose relative path would leave the target folder is r
 
 from __future__ import annotations
 
+import json
 import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -82,6 +83,44 @@ def download_prefix(s3: Any, uri: str, target: Path, max_bytes: int | None = Non
     with ThreadPoolExecutor(max_workers=DOWNLOAD_THREADS) as pool:
         list(pool.map(fetch, jobs))
     return len(jobs)
+
+
+def manifest_entries(manifest: Any, target: Path) -> list[tuple[str, Path]]:
+    """(S3 URI, local path) of each entry of a ManifestFile channel, all inside target.
+
+    A manifest is `[{"prefix": "s3://bucket/prefix/"}, "relative/key", ...]`; it is data from
+    S3, so an entry that is absolute or climbs out with `..` is refused rather than written.
+    """
+    if not isinstance(manifest, list) or not manifest or not isinstance(manifest[0], dict):
+        raise UnsafeKey('a manifest must be a JSON list starting with {"prefix": "s3://..."}')
+    base = manifest[0].get("prefix")
+    if not isinstance(base, str):
+        raise UnsafeKey('the manifest\'s first element must be {"prefix": "s3://..."}')
+    split_s3_uri(base)
+    entries = []
+    for relative in manifest[1:]:
+        if not isinstance(relative, str) or not relative or relative.startswith("/"):
+            raise UnsafeKey(f"manifest entry {relative!r} is not a relative key")
+        entries.append((base + relative if base.endswith("/") else join_s3(base, relative),
+                        local_path_for(target, relative)))  # fmt: skip
+    return entries
+
+
+def download_manifest(s3: Any, manifest_uri: str, target: Path) -> int:
+    """Download the objects a ManifestFile lists into target; returns the number of files."""
+    bucket, key = split_s3_uri(manifest_uri)
+    manifest = json.loads(s3.get_object(Bucket=bucket, Key=key)["Body"].read())
+    entries = manifest_entries(manifest, target)
+
+    def fetch(entry: tuple[str, Path]) -> None:
+        uri, dest = entry
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        s3.download_file(*split_s3_uri(uri), str(dest))
+
+    target.mkdir(parents=True, exist_ok=True)
+    with ThreadPoolExecutor(max_workers=DOWNLOAD_THREADS) as pool:
+        list(pool.map(fetch, entries))
+    return len(entries)
 
 
 def upload_folder(s3: Any, folder: Path, uri: str) -> int:

@@ -8,7 +8,9 @@ botocore ships keeps sagemaker-local's wire format the one the SDK expects.
 
 from __future__ import annotations
 
+import math
 import re
+from datetime import UTC, datetime
 from functools import lru_cache
 from typing import Any
 
@@ -95,6 +97,11 @@ class _Walker:
         elif kind in ("integer", "long", "float", "double"):
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 raise SerializationException(f"Expected a number at '{path}'.")
+            if not math.isfinite(value):
+                self.fail(value, path, "Member must be a finite number")
+                return
+            if kind in ("integer", "long") and not float(value).is_integer():
+                self.fail(value, path, "Member must be an integer")
             if "min" in meta and value < meta["min"]:
                 self.fail(
                     value, path, f"Member must have value greater than or equal to {meta['min']}"
@@ -103,6 +110,9 @@ class _Walker:
                 self.fail(
                     value, path, f"Member must have value less than or equal to {meta['max']}"
                 )
+        elif kind == "timestamp":
+            if epoch_seconds(value) is None:
+                self.fail(value, path, "Member must be a timestamp (epoch seconds or ISO 8601)")
         elif kind == "boolean" and not isinstance(value, bool):
             raise SerializationException(f"Expected a boolean at '{path}'.")
 
@@ -117,6 +127,27 @@ class _Walker:
     @staticmethod
     def _join(path: str, name: str) -> str:
         return f"{path}.{_camel(name)}" if path else _camel(name)
+
+
+def epoch_seconds(value: Any) -> float | None:
+    """A timestamp member as epoch seconds (JSON 1.1 sends numbers; ISO 8601 is accepted too)."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, (int, float)):
+        return float(value) if math.isfinite(value) else None
+    if isinstance(value, str):
+        try:
+            return float(value) if math.isfinite(float(value)) else None
+        except ValueError:
+            pass
+        try:
+            parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        except ValueError:
+            return None
+        if parsed.tzinfo is None:
+            parsed = parsed.replace(tzinfo=UTC)
+        return parsed.timestamp()
+    return None
 
 
 def operation(service_name: str, name: str) -> OperationModel:

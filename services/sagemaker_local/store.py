@@ -15,7 +15,7 @@ from typing import Any
 
 log = logging.getLogger(__name__)
 
-KINDS = ("training-jobs", "models", "endpoint-configs", "endpoints")
+KINDS = ("training-jobs", "models", "endpoint-configs", "endpoints", "notebook-instances")
 
 
 class JsonStore:

@@ -6,6 +6,11 @@ Layout of a job folder (`<state>/training-jobs/<name>/`) mirrors `/opt/ml` in a 
 The script gets hyperparameters as `--key value` and the sagemaker-training toolkit's `SM_*`
 environment; its output goes to the job log file and to CloudWatch Logs
 (`/aws/sagemaker/TrainingJobs`, stream `<job>/algo-1-<epoch>`).
+
+The job's `TrainingImage` chooses what runs (`EXECUTORS`): the built-in image-classification
+algorithm (`algorithms/image_classification`), the PyTorch framework images (the user's entry
+point from `sagemaker_program` / `sagemaker_submit_directory`), or any other image in Docker when
+an engine is reachable; without one such a job fails at once, its FailureReason naming the image.
 """
 
 from __future__ import annotations
@@ -16,7 +21,6 @@ import logging
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import tarfile
@@ -29,8 +33,10 @@ from typing import Any
 import boto3
 
 from . import processes
-from .hosting import ModelArchiveError, safe_extract
-from .s3io import download_prefix, join_s3, split_s3_uri, upload_folder
+from .algorithms.image_classification import METRIC_DEFINITIONS as IC_METRICS
+from .algorithms.images import ImageKind, classify_image
+from .archive import ModelArchiveError, safe_extract
+from .s3io import download_manifest, download_prefix, join_s3, split_s3_uri, upload_folder
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +50,12 @@ LOG_GROUP = "/aws/sagemaker/TrainingJobs"
 HOST = "algo-1"
 
 Update = Callable[..., None]
+IMAGE_CLASSIFICATION_MODULE = "services.sagemaker_local.algorithms.image_classification.train"
+DOCKER_CHECK_TIMEOUT_S = 10.0
+# Metric definitions a built-in algorithm brings (applied when the job gives none, as on AWS).
+BUILTIN_METRICS: dict[ImageKind, tuple[dict[str, str], ...]] = {
+    ImageKind.IMAGE_CLASSIFICATION: IC_METRICS,
+}
 
 
 def decode_hyperparameter(value: str) -> Any:
@@ -136,25 +148,28 @@ class TrainingJobRunner(threading.Thread):
         self.proc: subprocess.Popen[bytes] | None = None
         self.stop_requested = threading.Event()
         self.stop_cause = "Stopped"
+        self.stop_grace_s: float | None = None
         self.interrupted = False
-        self.metric_regexes = [
-            (m["Name"], re.compile(m["Regex"]))
-            for m in job.get("AlgorithmSpecification", {}).get("MetricDefinitions", [])
-        ]
+        spec = job.get("AlgorithmSpecification", {})
+        self.image = spec.get("TrainingImage") or spec.get("AlgorithmName") or ""
+        self.kind = classify_image(self.image)
+        definitions = spec.get("MetricDefinitions") or BUILTIN_METRICS.get(self.kind, ())
+        self.metric_regexes = [(m["Name"], re.compile(m["Regex"])) for m in definitions]
         self.metrics: dict[str, dict[str, Any]] = {}
 
     # -- control ---------------------------------------------------------------------------
-    def stop(self, cause: str = "Stopped") -> None:
-        """Ask the job to stop (StopTrainingJob, max runtime, shutdown)."""
+    def stop(self, cause: str = "Stopped", grace_s: float | None = None) -> None:
+        """Ask the job to stop (StopTrainingJob, max runtime, shutdown): SIGTERM, then SIGKILL."""
         self.stop_cause = cause
+        self.stop_grace_s = grace_s
         self.stop_requested.set()
         if self.proc is not None and self.proc.poll() is None:
-            processes.signal_group(self.proc, signal.SIGTERM)
+            processes.terminate(self.proc, grace_s)
 
     def interrupt(self) -> None:
         """sagemaker-local is shutting down: end the job as Failed, not Stopped."""
         self.interrupted = True
-        self.stop("Interrupted")
+        self.stop("Interrupted", grace_s=STOP_GRACE_S)
 
     # -- the job -------------------------------------------------------------------------------
     def secondary(self, status: str, message: str, **fields: Any) -> None:
@@ -166,6 +181,8 @@ class TrainingJobRunner(threading.Thread):
         started = time.time()
         try:
             self.secondary("Starting", "Preparing the instances for training")
+            if self.kind is ImageKind.CONTAINER:
+                self._require_container_engine()
             self._prepare_folders()
             self.secondary("Downloading", "Downloading input data")
             self._download_inputs()
@@ -267,7 +284,8 @@ class TrainingJobRunner(threading.Thread):
                     f'prefix, and that the role "{self.job.get("RoleArn")}" has '
                     f'"s3:ListBucket" permissions.'
                 )
-        self._fetch_code()
+        if self.kind is ImageKind.PYTORCH:
+            self._fetch_code()
         checkpoint = self.job.get("CheckpointConfig")
         if checkpoint and checkpoint.get("S3Uri"):
             try:
@@ -277,12 +295,7 @@ class TrainingJobRunner(threading.Thread):
 
     def _download_channel(self, source: dict[str, Any], target: Path) -> int:
         if source.get("S3DataType", "S3Prefix") == "ManifestFile":
-            bucket, key = split_s3_uri(source["S3Uri"])
-            manifest = json.loads(self.s3.get_object(Bucket=bucket, Key=key)["Body"].read())
-            base = manifest[0]["prefix"]
-            for relative in manifest[1:]:
-                download_prefix(self.s3, join_s3(base, relative), target / Path(relative).parent)
-            return len(manifest) - 1
+            return download_manifest(self.s3, source["S3Uri"], target)
         return download_prefix(self.s3, source["S3Uri"], target)
 
     def _fetch_code(self) -> None:
@@ -436,14 +449,7 @@ class TrainingJobRunner(threading.Thread):
             args += ["--checkpoint-dir", str(self.job_dir / "checkpoints")]
         configs = self._config_files(user_hps)
         env = self._environment(program, args, user_hps, configs)
-        script = self.job_dir / "code" / program
-        if not script.is_file():
-            raise JobFailed(f"ClientError: entry point {program} not found in the source code.")
-        command = (
-            [sys.executable, str(script), *args]
-            if program.endswith(".py")
-            else [str(script), *args]
-        )
+        command = EXECUTORS[self.kind](self, program, args)
         max_runtime = (self.job.get("StoppingCondition") or {}).get(
             "MaxRuntimeInSeconds", DEFAULT_MAX_RUNTIME_S
         )
@@ -462,7 +468,7 @@ class TrainingJobRunner(threading.Thread):
             )
             self.update(pid=self.proc.pid)
             if self.stop_requested.is_set():
-                processes.signal_group(self.proc, signal.SIGTERM)
+                processes.terminate(self.proc, self.stop_grace_s)
             timer.start()
             try:
                 assert self.proc.stdout is not None
@@ -505,6 +511,8 @@ class TrainingJobRunner(threading.Thread):
         failure = self.job_dir / "output" / "failure"
         if failure.is_file():
             text = failure.read_text(encoding="utf-8", errors="replace").strip()
+            if text.startswith(("ClientError:", "AlgorithmError:")):
+                return text  # a built-in algorithm words its own reason, as AWS's do
             if text:
                 return f"AlgorithmError: {text}"
         tail = self._log_tail()
@@ -517,6 +525,39 @@ class TrainingJobRunner(threading.Thread):
         except OSError:
             return ""
         return "\n".join(line for line in lines[-5:] if line.strip())
+
+    # -- executors (one per image kind) ------------------------------------------------------
+    def _script_command(self, program: str, args: list[str]) -> list[str]:
+        """Framework image: the user's entry point with `--key value` hyperparameters."""
+        script = self.job_dir / "code" / program
+        if not script.is_file():
+            raise JobFailed(f"ClientError: entry point {program} not found in the source code.")
+        if program.endswith(".py"):
+            return [sys.executable, str(script), *args]
+        return [str(script), *args]
+
+    def _image_classification_command(self, program: str, args: list[str]) -> list[str]:
+        """The built-in algorithm reads its hyperparameters from the job's config files."""
+        return [sys.executable, "-m", IMAGE_CLASSIFICATION_MODULE, "--ml-root", str(self.job_dir)]
+
+    def _container_command(self, program: str, args: list[str]) -> list[str]:
+        """Any other image: `docker run <image> train` with the job folder as /opt/ml."""
+        command = ["docker", "run", "--rm", "--name", f"sagemaker-local-{self.name_}"]
+        for sub in ("input", "model", "output", "checkpoints"):
+            command += ["-v", f"{self.job_dir / sub}:/opt/ml/{sub}"]
+        for key, value in (self.job.get("Environment") or {}).items():
+            command += ["-e", f"{key}={value}"]
+        return [*command, self.image, "train"]
+
+    def _require_container_engine(self) -> None:
+        """Fail at once, naming the image, when no Docker engine can run it."""
+        why = docker_unavailable()
+        if why:
+            raise JobFailed(
+                f"ClientError: Cannot run training image {self.image!r}: sagemaker-local runs "
+                f"the built-in image-classification algorithm and the PyTorch framework images "
+                f"as local processes; any other image needs a Docker engine, and {why}."
+            )
 
     def _upload_outputs(self) -> str:
         output_path = self.job["OutputDataConfig"]["S3OutputPath"]
@@ -543,6 +584,33 @@ class TrainingJobRunner(threading.Thread):
             upload_folder(self.s3, folder, checkpoint["S3Uri"])
         except Exception as exc:
             log.warning("checkpoint upload of %s failed: %s", self.name_, exc)
+
+
+EXECUTORS: dict[ImageKind, Callable[[TrainingJobRunner, str, list[str]], list[str]]] = {
+    ImageKind.IMAGE_CLASSIFICATION: TrainingJobRunner._image_classification_command,
+    ImageKind.PYTORCH: TrainingJobRunner._script_command,
+    ImageKind.CONTAINER: TrainingJobRunner._container_command,
+}
+
+
+def docker_unavailable() -> str | None:
+    """Why no Docker engine can run a container here, or None when one answers."""
+    docker = shutil.which("docker")
+    if docker is None:
+        return "no docker command is installed"
+    try:
+        probe = subprocess.run(
+            [docker, "info", "--format", "{{.ServerVersion}}"],
+            capture_output=True,
+            timeout=DOCKER_CHECK_TIMEOUT_S,
+            check=False,
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return f"the Docker engine did not answer ({exc})"
+    if probe.returncode != 0:
+        lines = probe.stderr.decode(errors="replace").strip().splitlines() or ["docker info failed"]
+        return f"the Docker engine is not reachable ({lines[-1]})"
+    return None
 
 
 def pack(folder: Path, archive: Path) -> None:

@@ -1,0 +1,7 @@
+"""`python -m scones.monitoring`: build the monitoring report."""
+
+import sys
+
+from scones.monitoring.report import main
+
+sys.exit(main())

@@ -1,0 +1,201 @@
+"""Models and endpoint configs of the control plane: records only, nothing runs.
+
+An endpoint takes a snapshot of its config and models when it deploys (`SageMakerBackend`),
+so deleting either later leaves running endpoints serving, as on AWS.
+"""
+
+from __future__ import annotations
+
+import copy
+import shutil
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from .exceptions import ValidationException
+from .listing import summaries_page
+from .store import JsonStore
+
+
+class ModelRegistry:
+    """CreateModel ... ListEndpointConfigs: the records endpoints are deployed from."""
+
+    def __init__(
+        self,
+        state_dir: Path,
+        store: JsonStore,
+        lock: threading.RLock,
+        arn: Callable[[str, str], str],
+        model_in_use: Callable[[str], bool],
+    ) -> None:
+        self.state_dir = state_dir
+        self.store = store
+        self.lock = lock
+        self.arn = arn
+        self.model_in_use = model_in_use
+        self.models: dict[str, dict[str, Any]] = {}
+        self.endpoint_configs: dict[str, dict[str, Any]] = {}
+
+    def load(self) -> None:
+        """Read the persisted records."""
+        with self.lock:
+            self.models = self.store.load_all("models")
+            self.endpoint_configs = self.store.load_all("endpoint-configs")
+
+    def _save(self, kind: str, record: dict[str, Any]) -> None:
+        self.store.put(kind, record["_name"], record)
+
+    def operations(self) -> dict[str, Callable[[dict[str, Any]], dict[str, Any]]]:
+        """The operations this room answers, by backend method name."""
+        return {
+            name: getattr(self, name)
+            for name in (
+                "create_model",
+                "describe_model",
+                "delete_model",
+                "list_models",
+                "create_endpoint_config",
+                "describe_endpoint_config",
+                "delete_endpoint_config",
+                "list_endpoint_configs",
+            )
+        }
+
+    # -- models --------------------------------------------------------------------------------
+    def create_model(self, params: dict[str, Any]) -> dict[str, Any]:
+        """CreateModel (one container: PrimaryContainer or a one-element Containers)."""
+        name = params["ModelName"]
+        arn = self.arn("model", name)
+        containers = (
+            [params["PrimaryContainer"]]
+            if params.get("PrimaryContainer")
+            else params.get("Containers") or []
+        )
+        if not containers:
+            raise ValidationException("Either PrimaryContainer or Containers must be specified.")
+        if len(containers) > 1:
+            raise ValidationException("sagemaker-local serves models with one container only.")
+        container = containers[0]
+        if not (container.get("Image") or container.get("ModelPackageName")):
+            raise ValidationException("Either Image or ModelPackageName must be specified.")
+        with self.lock:
+            if name in self.models:
+                raise ValidationException(f'Cannot create already existing model "{arn}".')
+            record = {
+                **copy.deepcopy({k: v for k, v in params.items() if k != "Tags"}),
+                "_name": name,
+                "_tags": params.get("Tags", []),
+                "ModelArn": arn,
+                "EnableNetworkIsolation": params.get("EnableNetworkIsolation", False),
+                "CreationTime": time.time(),
+            }
+            self.models[name] = record
+            self._save("models", record)
+        return {"ModelArn": arn}
+
+    def model(self, name: str) -> dict[str, Any]:
+        model = self.models.get(name)
+        if model is None:
+            raise ValidationException(f'Could not find model "{self.arn("model", name)}".')
+        return model
+
+    def describe_model(self, params: dict[str, Any]) -> dict[str, Any]:
+        """DescribeModel."""
+        with self.lock:
+            return copy.deepcopy(self.model(params["ModelName"]))
+
+    def delete_model(self, params: dict[str, Any]) -> dict[str, Any]:
+        """DeleteModel (running endpoints keep serving it, as on AWS)."""
+        name = params["ModelName"]
+        with self.lock:
+            self.model(name)
+            del self.models[name]
+            self.store.delete("models", name)
+            in_use = self.model_in_use(name)
+        if not in_use:
+            shutil.rmtree(self.state_dir / "models" / name, ignore_errors=True)
+        return {}
+
+    def list_models(self, params: dict[str, Any]) -> dict[str, Any]:
+        """ListModels."""
+        with self.lock:
+            summaries, token = summaries_page(
+                self.models.values(), params, ("ModelName", "ModelArn", "CreationTime")
+            )
+        return {"Models": summaries, "NextToken": token}
+
+    # -- endpoint configs ----------------------------------------------------------------------
+    def create_endpoint_config(self, params: dict[str, Any]) -> dict[str, Any]:
+        """CreateEndpointConfig (with DataCaptureConfig)."""
+        name = params["EndpointConfigName"]
+        arn = self.arn("endpoint-config", name)
+        variants = params["ProductionVariants"]
+        names = [v["VariantName"] for v in variants]
+        if len(set(names)) != len(names):
+            raise ValidationException(
+                "Production variant names must be unique within an endpoint config."
+            )
+        if params.get("AsyncInferenceConfig"):
+            raise ValidationException("sagemaker-local does not serve asynchronous inference.")
+        with self.lock:
+            if name in self.endpoint_configs:
+                raise ValidationException(
+                    f'Cannot create already existing endpoint configuration "{arn}".'
+                )
+            for variant in variants:
+                if not variant.get("ModelName"):
+                    raise ValidationException(f"Variant {variant['VariantName']} names no model.")
+                self.model(variant["ModelName"])
+            stored_variants = [
+                {"InitialVariantWeight": 1.0, "InitialInstanceCount": 1, **copy.deepcopy(v)}
+                for v in variants
+            ]
+            capture = copy.deepcopy(params.get("DataCaptureConfig"))
+            if capture is not None:
+                capture.setdefault("EnableCapture", True)
+            record = {
+                **copy.deepcopy({k: v for k, v in params.items() if k != "Tags"}),
+                "_name": name,
+                "_tags": params.get("Tags", []),
+                "EndpointConfigArn": arn,
+                "ProductionVariants": stored_variants,
+                "DataCaptureConfig": capture,
+                "CreationTime": time.time(),
+            }
+            self.endpoint_configs[name] = record
+            self._save("endpoint-configs", record)
+        return {"EndpointConfigArn": arn}
+
+    def endpoint_config(self, name: str) -> dict[str, Any]:
+        config = self.endpoint_configs.get(name)
+        if config is None:
+            raise ValidationException(
+                f'Could not find endpoint configuration "{self.arn("endpoint-config", name)}".'
+            )
+        return config
+
+    def describe_endpoint_config(self, params: dict[str, Any]) -> dict[str, Any]:
+        """DescribeEndpointConfig."""
+        with self.lock:
+            return copy.deepcopy(self.endpoint_config(params["EndpointConfigName"]))
+
+    def delete_endpoint_config(self, params: dict[str, Any]) -> dict[str, Any]:
+        """DeleteEndpointConfig (endpoints using it keep running, as on AWS)."""
+        name = params["EndpointConfigName"]
+        with self.lock:
+            self.endpoint_config(name)
+            del self.endpoint_configs[name]
+            self.store.delete("endpoint-configs", name)
+        return {}
+
+    def list_endpoint_configs(self, params: dict[str, Any]) -> dict[str, Any]:
+        """ListEndpointConfigs."""
+        with self.lock:
+            summaries, token = summaries_page(
+                self.endpoint_configs.values(),
+                params,
+                ("EndpointConfigName", "EndpointConfigArn", "CreationTime"),
+            )
+        return {"EndpointConfigs": summaries, "NextToken": token}
