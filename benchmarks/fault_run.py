@@ -17,6 +17,10 @@ An execution running when the emulator died comes back FAILED with `Local.Emulat
 the client counts it and starts it again under a new name, as a client of AWS would. The client
 retries connection errors with bounded exponential backoff while the emulator is down.
 
+At the end the stack is stopped cleanly and the emulator started alone on its state folder: every
+execution must still have the status the client was told. The exit status is 1 when an execution
+failed, a capture record is missing or an execution's status changed across that restart.
+
     python -m benchmarks.fault_run [--executions 1000] [--in-flight 32] [--json out.json]
 """
 
@@ -79,6 +83,7 @@ class ClientStats:
 
     retries: int = 0
     gave_up: int = 0
+    malformed: list[list[str]] = field(default_factory=list)  # answers' keys
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
@@ -367,11 +372,13 @@ class FaultRun:
     def _start(self, machine: str, name: str, event: str) -> str:
         def start() -> str:
             try:
-                return str(
-                    self.sfn.start_execution(stateMachineArn=machine, name=name, input=event)[
-                        "executionArn"
-                    ]
-                )
+                answer = self.sfn.start_execution(stateMachineArn=machine, name=name, input=event)
+                if "executionArn" not in answer:
+                    # Seen once right after an emulator restart: counted, shown, retried.
+                    with self.stats.lock:
+                        self.stats.malformed.append(sorted(answer))
+                    raise ConnectionClosedError(endpoint_url="StartExecution without executionArn")
+                return str(answer["executionArn"])
             except ClientError as error:
                 # A retried start whose first try got through (the answer was lost).
                 if error.response["Error"]["Code"] != "ExecutionAlreadyExists":
@@ -386,7 +393,11 @@ class FaultRun:
             described = call_with_backoff(
                 self.stats, lambda: self.sfn.describe_execution(executionArn=arn)
             )
-            if described["status"] != "RUNNING":
+            if "status" not in described:
+                # Seen right after an emulator restart (22:5x runs): counted, shown, polled again.
+                with self.stats.lock:
+                    self.stats.malformed.append(sorted(described))
+            elif described["status"] != "RUNNING":
                 return dict(described)
             if time.monotonic() > deadline:
                 return {"status": "CLIENT_TIMEOUT", "error": "still RUNNING"}
@@ -599,6 +610,7 @@ def report(run: FaultRun, wall_s: float, capture: dict[str, Any], leftovers: lis
         ),
         "client_connection_retries": run.stats.retries,
         "client_calls_given_up": run.stats.gave_up,
+        "answers_missing_fields": run.stats.malformed[:5],
         "probe_answers": len(run.probe_answers),
         "probe_errors": dict(run.probe_errors),
         "faults": [
@@ -637,6 +649,11 @@ def print_report(figures: dict[str, Any]) -> None:
         f"  client: {figures['client_connection_retries']} connection retries, "
         f"{figures['client_calls_given_up']} calls given up"
     )
+    if figures["answers_missing_fields"]:
+        print(
+            "  Start/DescribeExecution answers missing their fields:",
+            figures["answers_missing_fields"],
+        )
     print(
         f"  endpoint probes: {figures['probe_answers']} answered, errors {figures['probe_errors']}"
     )

@@ -352,6 +352,15 @@ def runtime() -> Any:
     return boto3.client("sagemaker-runtime", config=Config(max_pool_connections=64))
 
 
+def input_capture(bucket: str, prefix: str) -> dict[str, Any]:
+    """A DataCaptureConfig capturing every request's input under s3://bucket/prefix."""
+    return {
+        "InitialSamplingPercentage": 100,
+        "DestinationS3Uri": f"s3://{bucket}/{prefix}",
+        "CaptureOptions": [{"CaptureMode": "Input"}],
+    }
+
+
 def create_endpoint(
     name: str, model_uri: str, capture: dict[str, Any] | None = None, variant: str = "AllTraffic"
 ) -> None:

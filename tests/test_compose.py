@@ -363,9 +363,10 @@ def read_lock(path: Path) -> dict[str, str]:
     """requirements.lock as {normalised name: version}."""
     pins = {}
     for line in path.read_text().splitlines():
+        # `name==version \` followed by `--hash=sha256:...` lines (installed --require-hashes).
         name, separator, version = line.strip().partition("==")
-        if separator:
-            pins[normalise(name)] = version
+        if separator and not name.startswith("-"):
+            pins[normalise(name)] = version.split()[0]
     return pins
 
 

@@ -24,9 +24,12 @@ import boto3
 import pytest
 from botocore.exceptions import ClientError
 
+from scones.testing import run_execution
 from services.local_aws import lambda_sandbox
-from services.local_aws.lambda_runtime import FunctionSpec, LambdaRuntime, Sandbox
+from services.local_aws.lambda_runtime import LambdaRuntime
+from services.local_aws.lambda_spec import FunctionSpec, Sandbox
 from tests.conftest import LocalAws, selected_profile, start_local_aws, stop_process
+from tests.test_local_aws import invoke
 
 HANDLER_SOURCE = """
 import json, logging, os, time
@@ -166,13 +169,6 @@ def make_function(role_arn: str) -> Callable[..., str]:
         return name
 
     return create
-
-
-def invoke(name: str, event: dict[str, Any], **kwargs: Any) -> tuple[dict[str, Any], Any]:
-    response = boto3.client("lambda").invoke(
-        FunctionName=name, Payload=json.dumps(event).encode(), **kwargs
-    )
-    return response, json.loads(response["Payload"].read())
 
 
 def tail(response: dict[str, Any]) -> list[str]:
@@ -498,13 +494,7 @@ def test_plain_exception_is_caught_by_its_error_type(
     machine = sfn.create_state_machine(
         name=f"sm-{uuid.uuid4().hex[:8]}", definition=json.dumps(definition), roleArn=role_arn
     )["stateMachineArn"]
-    execution = sfn.start_execution(stateMachineArn=machine, name=uuid.uuid4().hex, input="{}")
-    deadline = time.monotonic() + 60
-    while (described := sfn.describe_execution(executionArn=execution["executionArn"]))[
-        "status"
-    ] == "RUNNING":
-        assert time.monotonic() < deadline, "execution did not finish"
-        time.sleep(0.1)
+    described = run_execution(sfn, machine, {}, name=uuid.uuid4().hex)
     assert described["status"] == "SUCCEEDED", described
     error = json.loads(described["output"])["error"]
     assert error["Error"] == "Exception"

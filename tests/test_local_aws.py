@@ -20,6 +20,7 @@ import boto3
 import pytest
 from botocore.exceptions import ClientError
 
+from scones.testing import run_execution
 from tests.conftest import LocalAws, start_local_aws, stop_process
 
 HANDLER_SOURCE = """
@@ -327,13 +328,7 @@ def test_state_machine_retry_and_catch(role_arn: str, make_function: Callable[..
     machine = sfn.create_state_machine(
         name=f"sm-{uuid.uuid4().hex[:8]}", definition=json.dumps(definition), roleArn=role_arn
     )["stateMachineArn"]
-    execution = sfn.start_execution(
-        stateMachineArn=machine, name=f"run-{uuid.uuid4().hex[:8]}", input=json.dumps({"value": 21})
-    )["executionArn"]
-    deadline = time.monotonic() + 60
-    while (described := sfn.describe_execution(executionArn=execution))["status"] == "RUNNING":
-        assert time.monotonic() < deadline, "execution did not finish"
-        time.sleep(0.1)
+    described = run_execution(sfn, machine, {"value": 21}, name=f"run-{uuid.uuid4().hex[:8]}")
     assert described["status"] == "SUCCEEDED", described
     output = json.loads(described["output"])
     assert output["doubled"] == 42

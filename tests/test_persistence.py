@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import pickle
 import signal
 import threading
 import time
@@ -17,7 +18,9 @@ import boto3
 import pytest
 from botocore.exceptions import ClientError
 
-from services.local_aws import persistence
+from services.local_aws import persistence, persistence_pickle
+from services.local_aws.persistence_blobs import BlobStore
+from services.local_aws.persistence_requests import request_service, s3_target
 from tests.conftest import LocalAws, selected_profile, start_local_aws, stop_process
 
 HANDLER = """
@@ -400,7 +403,7 @@ def test_a_running_execution_is_restored_as_failed_with_a_reason(tmp_path: Path)
 def test_s3_requests_are_classified_by_what_they_change(
     environ: dict[str, str], expected: tuple[str, str | None] | None
 ) -> None:
-    assert persistence.s3_target(environ) == expected
+    assert s3_target(environ) == expected
 
 
 def _signed(service: str, **extra: str) -> dict[str, str]:
@@ -414,15 +417,28 @@ def _signed(service: str, **extra: str) -> dict[str, str]:
 
 def test_reads_write_nothing_and_changes_name_their_service() -> None:
     sfn_read = _signed("states", HTTP_X_AMZ_TARGET="AWSStepFunctions.DescribeExecution")
-    assert persistence.request_service(sfn_read, None) is None
+    assert request_service(sfn_read, None) is None
     sfn_create = _signed("states", HTTP_X_AMZ_TARGET="AWSStepFunctions.CreateStateMachine")
-    assert persistence.request_service(sfn_create, None) == "stepfunctions"
+    assert request_service(sfn_create, None) == "stepfunctions"
     # Executions are journaled by hooks where they start and end, not by a snapshot.
     sfn_start = _signed("states", HTTP_X_AMZ_TARGET="AWSStepFunctions.StartExecution")
-    assert persistence.request_service(sfn_start, None) is None
-    assert persistence.request_service(_signed("iam"), b"Action=GetRole&RoleName=r") is None
-    assert persistence.request_service(_signed("iam"), b"Action=CreateRole&RoleName=r") == "iam"
+    assert request_service(sfn_start, None) is None
+    assert request_service(_signed("iam"), b"Action=GetRole&RoleName=r") is None
+    assert request_service(_signed("iam"), b"Action=CreateRole&RoleName=r") == "iam"
     invoke = _signed("lambda", PATH_INFO="/2015-03-31/functions/f/invocations")
-    assert persistence.request_service(invoke, None) is None
-    assert persistence.request_service(_signed("s3"), None) == "s3"
-    assert persistence.request_service({"REQUEST_METHOD": "POST"}, None) == "*"
+    assert request_service(invoke, None) is None
+    assert request_service(_signed("s3"), None) == "s3"
+    assert request_service({"REQUEST_METHOD": "POST"}, None) == "*"
+
+
+def test_state_pickled_before_the_module_split_still_loads(tmp_path: Path) -> None:
+    # Helpers were once pickled by reference as services.local_aws.persistence.<name>.
+    moved = (persistence_pickle.FrozenHistory(["event"]), persistence_pickle._new_lock)
+    current = pickle.dumps(moved, protocol=2)
+    assert b"services.local_aws.persistence_pickle\n" in current
+    former = current.replace(b"local_aws.persistence_pickle\n", b"local_aws.persistence\n")
+    history, new_lock = persistence_pickle.StateUnpickler(
+        io.BytesIO(former), BlobStore(tmp_path / "blobs")
+    ).load()
+    assert history.get_event_history() == ["event"]
+    assert new_lock is persistence_pickle._new_lock

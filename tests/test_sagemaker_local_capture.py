@@ -16,6 +16,7 @@ from tests.sagemaker_local_harness import (
     WAIT,
     SageMakerLocal,
     create_endpoint,
+    input_capture,
     no_retry_runtime,
     png_bytes,
     process_env,
@@ -54,11 +55,7 @@ def test_a_captured_record_is_on_disk_before_the_answer_and_survives_sigkill(
     create_endpoint(
         name,
         tiny_model["uri"],
-        capture={
-            "InitialSamplingPercentage": 100,
-            "DestinationS3Uri": f"s3://{bucket}/{prefix}",
-            "CaptureOptions": [{"CaptureMode": "Input"}],
-        },
+        capture=input_capture(bucket, prefix),
     )
     client = sm()
     client.get_waiter("endpoint_in_service").wait(EndpointName=name, WaiterConfig=WAIT)

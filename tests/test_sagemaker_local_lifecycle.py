@@ -20,6 +20,7 @@ from tests.sagemaker_local_harness import (
     SageMakerLocal,
     capture_records,
     create_endpoint,
+    input_capture,
     pid_alive,
     png_bytes,
     process_env,
@@ -58,11 +59,7 @@ def test_restart_keeps_endpoints_and_loses_no_capture(
         create_endpoint(
             name,
             tiny_model["uri"],
-            capture={
-                "InitialSamplingPercentage": 100,
-                "DestinationS3Uri": f"s3://{bucket}/{prefix}",
-                "CaptureOptions": [{"CaptureMode": "Input"}],
-            },
+            capture=input_capture(bucket, prefix),
         )
         client.get_waiter("endpoint_in_service").wait(EndpointName=name, WaiterConfig=WAIT)
         arn = client.describe_endpoint(EndpointName=name)["EndpointArn"]

@@ -1,8 +1,8 @@
 """State machines call Lambda with their execution role, and IAM decides, on the real emulator.
 
-Every emulator test runs twice: with the Step Functions speedups (cached clients, Lambda
-in-process) and with moto's own client path (`LOCAL_AWS_SFN_SPEEDUPS=0`, a new client and a
-loopback HTTP request per task), since both must sign with the role.
+Every test on the shared emulator runs twice: with the Step Functions speedups (cached clients,
+Lambda in-process) and with moto's own client path (`LOCAL_AWS_SFN_SPEEDUPS=0`, a new client and
+a loopback HTTP request per task), since both must sign with the role.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import re
 import time
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import boto3
@@ -239,6 +240,23 @@ def test_credentials_are_assumed_once_per_role_and_reused(stack: Stack) -> None:
     for n in range(3):
         assert stack.run(machine, {"n": n})["status"] == "SUCCEEDED"
     assert stack.health()["stepfunctions_speedups"]["role_sessions_assumed"] == before + 1
+
+
+def test_with_enforcement_off_the_role_is_not_checked(tmp_path: Path) -> None:
+    emulator = start_local_aws(tmp_path / "off", ["--no-iam-enforcement"])
+    try:
+        stack = Stack(emulator, speedups_on=True)
+        assert stack.health()["iam_enforcement"] is False
+        role = stack.role("states", "states.amazonaws.com")  # no permission at all
+        machine = stack.machine(one_task("lambda:invoke", stack.function_arn), role)
+        ran = stack.run(machine, {"n": 4})
+        assert ran["status"] == "SUCCEEDED", ran.get("cause")
+        with pytest.raises(ClientError, match="Neither the global service principal"):
+            stack.machine(
+                one_task("lambda:invoke", stack.function_arn), stack.role("x", "ec2.amazonaws.com")
+            )
+    finally:
+        stop_process(emulator.process)
 
 
 # --- trust policy at create -------------------------------------------------------------------

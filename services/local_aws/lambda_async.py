@@ -24,7 +24,8 @@ from typing import TYPE_CHECKING, Any
 from .lambda_concurrency import Throttled
 
 if TYPE_CHECKING:
-    from .lambda_runtime import FunctionSpec, LambdaRuntime, Outcome
+    from .lambda_runtime import LambdaRuntime
+    from .lambda_spec import FunctionSpec, Outcome
 
 log = logging.getLogger("local_aws.lambda")
 

@@ -15,7 +15,8 @@ from collections.abc import Callable
 from typing import Any
 from urllib.parse import unquote
 
-from .lambda_runtime import FunctionSpec, LambdaRuntime
+from .lambda_runtime import LambdaRuntime
+from .lambda_spec import FunctionSpec
 
 PATH = (
     r"{0}/(?P<api_version>[^/]+)/functions/(?P<function_name>[\w_:%-]+)/provisioned-concurrency/?$"

@@ -21,7 +21,7 @@ from . import lambda_provisioned
 from .lambda_async import EventQueue
 from .lambda_concurrency import Throttled
 from .lambda_logs import LoggingConfig
-from .lambda_runtime import Credentials, FunctionSpec
+from .lambda_spec import Credentials, FunctionSpec
 
 if TYPE_CHECKING:
     from .server import Emulator

@@ -21,8 +21,15 @@ from typing import Any
 from werkzeug.serving import BaseWSGIServer, make_server
 
 from .. import browser_guard
-from . import iam_enforcement, persistence, stepfunctions_parity, stepfunctions_speedups
-from .lambda_runtime import LambdaRuntime, Worker
+from . import (
+    iam_authorize,
+    iam_enforcement,
+    persistence,
+    stepfunctions_parity,
+    stepfunctions_speedups,
+)
+from .lambda_runtime import LambdaRuntime
+from .lambda_worker import Worker
 
 log = logging.getLogger("local_aws")
 
@@ -69,6 +76,9 @@ class Emulator:
             isolate=config.lambda_isolation,
         )
         self._async_pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="lambda-event")
+        self._app: Any = None
+        self._stepfunctions_lock = threading.Lock()
+        self._stepfunctions_ready = False
 
     def bind(self) -> None:
         """Configure moto and bind the listening socket (fails fast if the port is taken)."""
@@ -84,7 +94,6 @@ class Emulator:
         default_user_config["stepfunctions"]["execute_state_machine"] = True
         default_user_config["core"]["service_whitelist"] = None
         _install_lambda_runtime(self)
-        stepfunctions_parity.install()  # JSONata, Express, TestState, Wait/Retry time
         if self.config.persist:
             self.persistence = persistence.Persistence(self.config.state_dir / "persist")
             self.restored = self.persistence.load()
@@ -98,12 +107,27 @@ class Emulator:
             threaded=True,
             request_handler=MotoRequestHandler,
         )
-        if self.config.sfn_speedups:
-            stepfunctions_speedups.install(app, self._server)
+        self._app = app
         self.config.port = self._server.server_address[1]
         # moto's Step Functions interpreter calls Lambda on localhost:$MOTO_PORT.
         os.environ["MOTO_PORT"] = str(self.config.port)
         self.runtime.extra_env.setdefault("AWS_ENDPOINT_URL", self.endpoint_url)
+
+    def _install_stepfunctions(self) -> None:
+        """Step Functions' patches, on the first Step Functions request, not at start-up.
+
+        They import moto's ASL parser and every state module (3.2 s and ~140 MB PSS measured
+        in a fresh interpreter): an emulator used only for S3 or Lambda never pays that.
+        """
+        with self._stepfunctions_lock:
+            if self._stepfunctions_ready:
+                return
+            stepfunctions_parity.install()  # JSONata, Express, TestState, Wait/Retry time
+            if self.config.sfn_speedups:
+                stepfunctions_speedups.install(self._app, self._server)
+            if self.persistence is not None:
+                self.persistence.install_stepfunctions_hooks()
+            self._stepfunctions_ready = True
 
     @property
     def endpoint_url(self) -> str:
@@ -123,6 +147,10 @@ class Emulator:
                     [("Content-Type", "application/json"), ("Content-Length", str(len(body)))],
                 )
                 return [body]
+            if environ.get("PATH_INFO") == iam_authorize.PATH:  # sagemaker-local asks here
+                return iam_authorize.serve(environ, start_response, self.config.iam_enforce)
+            if not self._stepfunctions_ready and _is_stepfunctions(environ):
+                self._install_stepfunctions()
             if self.config.iam_enforce:
                 denied = _iam_denial(environ)
                 if denied is not None:
@@ -150,7 +178,13 @@ class Emulator:
             "persistence": self.persistence.stats if self.persistence else False,
             "restored": self.restored,
             "iam_enforcement": self.config.iam_enforce,
-            "stepfunctions_speedups": speedups.stats() if speedups else None,
+            "stepfunctions_speedups": (
+                speedups.stats()
+                if speedups
+                else {"installed": False}  # on the first Step Functions request
+                if self.config.sfn_speedups
+                else None
+            ),
         }
 
     def serve_forever(self) -> None:
@@ -193,6 +227,10 @@ def _persisting(
     if status:
         store.after_request(environ, body, status[0])
     return result
+
+
+def _is_stepfunctions(environ: dict[str, Any]) -> bool:
+    return str(environ.get("HTTP_X_AMZ_TARGET", "")).startswith("AWSStepFunctions.")
 
 
 def _iam_denial(environ: dict[str, Any]) -> iam_enforcement.Denial | None:

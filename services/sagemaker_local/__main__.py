@@ -22,6 +22,8 @@ Knobs (flags win over environment variables):
 | `SAGEMAKER_LOCAL_SERVE_COMMAND` | `python -m services.model_server` | serving command |
 
 AWS access (S3, CloudWatch Logs, STS) goes through the standard configuration (`AWS_PROFILE`).
+Calls signed with role (STS session) credentials are authorized by the emulator that this
+configuration points STS at (`authorization.py`); against real AWS endpoints nothing is checked.
 SIGTERM/SIGINT stop it cleanly: model servers and training processes stopped, capture shipped.
 Captured records are on local disk before InvokeEndpoint answers (`capture_spool`): a SIGKILL
 loses none; a power loss at most the last 0.1 s (`SAGEMAKER_LOCAL_CAPTURE_SYNC_SECONDS`). A dead
@@ -42,6 +44,7 @@ import boto3
 import uvicorn
 from botocore.config import Config
 
+from .authorization import Authorizer
 from .backend import BackendConfig, SageMakerBackend
 from .capture_spool import DEFAULT_MAX_SPOOL_BYTES
 from .responses import SageMakerApp
@@ -147,6 +150,7 @@ def main(argv: list[str] | None = None) -> None:
         capture_sync_interval_s=float(_env("SAGEMAKER_LOCAL_CAPTURE_SYNC_SECONDS", "0.1")),
     )
     backend = SageMakerBackend(config)
+    authorizer = _authorizer(session, config.region)
     log.info(
         "sagemaker-local on http://%s:%s (region %s, account %s, state %s)",
         args.host,
@@ -156,7 +160,7 @@ def main(argv: list[str] | None = None) -> None:
         state_dir,
     )
     uvicorn.run(
-        SageMakerApp(backend, bind_host=args.host),
+        SageMakerApp(backend, bind_host=args.host, authorizer=authorizer),
         host=args.host,
         port=args.port,
         lifespan="on",
@@ -165,6 +169,16 @@ def main(argv: list[str] | None = None) -> None:
         timeout_graceful_shutdown=10,
     )
     state_lock.close()
+
+
+def _authorizer(session: boto3.session.Session, region: str) -> Authorizer | None:
+    """IAM checks through the emulator our own STS calls go to (None: real AWS, no checks)."""
+    emulator_url = session.client("sts").meta.endpoint_url
+    credentials = session.get_credentials()
+    own_key = credentials.access_key if credentials is not None else ""
+    authorizer = Authorizer.for_endpoint(emulator_url, region, [own_key])
+    log.info("IAM for role credentials: %s", f"asked of {emulator_url}" if authorizer else "off")
+    return authorizer
 
 
 if __name__ == "__main__":

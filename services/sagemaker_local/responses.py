@@ -20,6 +20,7 @@ from urllib.parse import unquote
 
 from ..browser_guard import refusal
 from . import shapes
+from .authorization import Authorizer, endpoint_arn, resource_arn
 from .backend import SageMakerBackend
 from .exceptions import (
     InternalFailure,
@@ -111,8 +112,14 @@ def _request_id() -> bytes:
 class SageMakerApp:
     """The ASGI application of sagemaker-local."""
 
-    def __init__(self, backend: SageMakerBackend, bind_host: str = "127.0.0.1") -> None:
+    def __init__(
+        self,
+        backend: SageMakerBackend,
+        bind_host: str = "127.0.0.1",
+        authorizer: Authorizer | None = None,
+    ) -> None:
         self.backend = backend
+        self.authorizer = authorizer  # None: no IAM checks (see authorization.py)
         self.router = backend.router
         self.bind_host = bind_host
 
@@ -182,7 +189,8 @@ class SageMakerApp:
         request_id = _request_id()
         try:
             body = await _read_body(receive, MAX_CONTROL_BYTES)
-            result = await self._operation(headers.get(b"x-amz-target", b"").decode(), body)
+            target = headers.get(b"x-amz-target", b"").decode()
+            result = await self._operation(target, body, headers)
             status, payload = 200, json.dumps(result).encode()
         except SageMakerError as exc:
             status, payload = exc.status, json.dumps(exc.body()).encode()
@@ -196,7 +204,9 @@ class SageMakerApp:
             send, status, payload, [(b"content-type", JSON_11), (b"x-amzn-requestid", request_id)]
         )
 
-    async def _operation(self, target: str, body: bytes | None) -> dict[str, Any]:
+    async def _operation(
+        self, target: str, body: bytes | None, headers: dict[bytes, bytes] | None = None
+    ) -> dict[str, Any]:
         service, _, operation = target.partition(".")
         if service != "SageMaker" or not operation:
             raise UnknownOperationException(f"Unknown target: {target or '(none)'}")
@@ -205,6 +215,10 @@ class SageMakerApp:
         if body is None:
             raise ValidationException("Request body too large.")
         params = parse_request(body)
+        if self.authorizer is not None and headers is not None:
+            config = self.backend.config
+            arn = resource_arn(config.region, config.account_id, operation, params)
+            await self.authorizer.check(headers, f"sagemaker:{operation}", arn)
         op_model = shapes.operation("sagemaker", operation)
         shapes.validate_input(op_model, params)
         handler = getattr(self.backend, OPERATIONS[operation])
@@ -234,6 +248,10 @@ class SageMakerApp:
                 "TargetVariant": _header(headers, b"x-amzn-sagemaker-target-variant"),
             }
             _validate_invoke(params)
+            if self.authorizer is not None:
+                config = self.backend.config
+                arn = endpoint_arn(config.region, config.account_id, endpoint_name)
+                await self.authorizer.check(headers, "sagemaker:InvokeEndpoint", arn)
             result = await self.router.invoke(
                 endpoint_name,
                 body,

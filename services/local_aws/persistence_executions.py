@@ -1,0 +1,92 @@
+"""Step Functions executions kept in their own journal: a record at start, stop and end."""
+
+from __future__ import annotations
+
+import io
+import os
+import threading
+from pathlib import Path
+from typing import Any
+
+from .persistence_blobs import BlobStore
+from .persistence_files import atomic_write, frame, read_frames
+from .persistence_pickle import StateUnpickler, dump
+
+
+class ExecutionJournal:
+    """Step Functions executions: a record when one starts and when it ends (the latest wins).
+
+    Rewriting the whole Step Functions state at each StartExecution cost O(executions) per
+    start (84 ms after 100 executions, 760 ms after 600, measured); a record costs one append.
+    """
+
+    def __init__(self, path: Path, blobs: BlobStore) -> None:
+        self.path = path
+        self._blobs = blobs
+        self._lock = threading.Lock()
+        self._file: Any = None
+
+    def load(self) -> int:
+        """Put every journaled execution back into its state machine; return how many."""
+        latest: dict[str, tuple[str, Any]] = {}
+        records = 0
+        for payload in read_frames(self.path):
+            machine_arn, execution = StateUnpickler(io.BytesIO(payload), self._blobs).load()
+            latest[execution.exec_arn] = (machine_arn, execution)
+            records += 1
+        if not latest:  # nothing to restore: leave moto's ASL parser unimported (3 s, 140 MB)
+            self._file = open(self.path, "ab")  # noqa: SIM115 (kept open for appends)
+            return 0
+        machines = _state_machines()
+        for machine_arn, execution in latest.values():
+            machine = machines.get(machine_arn)
+            if machine is None:
+                continue
+            kept = [e for e in machine.executions if e.exec_arn != execution.exec_arn]
+            machine.executions[:] = [*kept, execution]
+        for machine in machines.values():
+            machine.executions.sort(key=lambda e: e.start_date)
+        if records > 2 * len(latest) + 1000:
+            self._rewrite(list(latest.values()))
+        self._file = open(self.path, "ab")  # noqa: SIM115 (kept open for appends)
+        return len(latest)
+
+    def _rewrite(self, entries: list[tuple[str, Any]]) -> None:
+        referenced: set[str] = set()
+        data = b"".join(
+            frame(dump(entry, self._blobs, referenced, backend_by_reference=True))
+            for entry in entries
+        )
+        atomic_write(self.path, data)
+
+    def record(self, execution: Any) -> None:
+        """Append the execution as it is now (fsynced before returning)."""
+        if self._file is None:
+            return
+        entry = (execution.state_machine_arn, execution)
+        # Dumped under the lock: the file's order is then the order of the states read, and the
+        # latest record wins on load. Dumped outside it, a start record (RUNNING) could land
+        # after the end record and bring a SUCCEEDED execution back as FAILED (fault run).
+        with self._lock:
+            payload = dump(entry, self._blobs, set(), backend_by_reference=True)
+            self._file.write(frame(payload))
+            self._file.flush()
+            os.fsync(self._file.fileno())
+
+    def close(self) -> None:
+        with self._lock:
+            if self._file is not None:
+                self._file.close()
+                self._file = None
+
+
+def _state_machines() -> dict[str, Any]:
+    from moto.stepfunctions.parser.models import stepfunctions_parser_backends
+
+    machines: dict[str, Any] = {}
+    for _, regions in list(stepfunctions_parser_backends.items()):
+        for backend in list(regions.values()):
+            for machine in backend.state_machines:
+                machine.executions[:] = [e for e in machine.executions if e is not None]
+                machines[machine.arn] = machine
+    return machines
