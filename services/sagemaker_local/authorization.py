@@ -29,7 +29,13 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
-from .exceptions import SageMakerError, ServiceUnavailable
+from .exceptions import (
+    AccessDeniedException,
+    ExpiredTokenException,
+    SageMakerError,
+    ServiceUnavailable,
+    UnrecognizedClientException,
+)
 
 log = logging.getLogger(__name__)
 
@@ -38,27 +44,6 @@ ADMIN_ACCESS_KEYS = ("test",)  # services/local_aws/profile.py: the account's ad
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1", "[::1]")
 _CREDENTIAL = re.compile(r"Credential=([^/,\s]+)/")
 _VERBS = ("Create", "Describe", "Delete", "Stop", "Update", "Start", "List")
-
-
-class AccessDeniedException(SageMakerError):
-    """The caller's policies do not allow the action (AWS: 400 on SageMaker's APIs)."""
-
-    code = "AccessDeniedException"
-    status = 400
-
-
-class UnrecognizedClientException(SageMakerError):
-    """A session token that does not belong to the access key."""
-
-    code = "UnrecognizedClientException"
-    status = 400
-
-
-class ExpiredTokenException(SageMakerError):
-    """Credentials of an expired STS session."""
-
-    code = "ExpiredTokenException"
-    status = 400
 
 
 _ERRORS: dict[str, type[SageMakerError]] = {

@@ -70,6 +70,28 @@ class InternalFailure(SageMakerError):
     status = 500
 
 
+# Authorization of role credentials (asked of the emulator: authorization.py).
+class AccessDeniedException(SageMakerError):
+    """The caller's policies do not allow the action (AWS: 400 on SageMaker's APIs)."""
+
+    code = "AccessDeniedException"
+    status = 400
+
+
+class UnrecognizedClientException(SageMakerError):
+    """A session token that does not belong to the access key."""
+
+    code = "UnrecognizedClientException"
+    status = 400
+
+
+class ExpiredTokenException(SageMakerError):
+    """Credentials of an expired STS session."""
+
+    code = "ExpiredTokenException"
+    status = 400
+
+
 # Runtime (service `sagemaker-runtime`).
 class RuntimeValidationError(SageMakerError):
     """The runtime's 400 `ValidationError` (also how AWS answers an unknown endpoint)."""
