@@ -17,7 +17,7 @@ PROFILE_ENV = $(if $(AWS_PROFILE),,$(LOCAL_AWS_ENV))
 export BACKEND
 
 .DEFAULT_GOAL := help
-.PHONY: lock help venv up down status env deploy deploy-plan deploy-aws data train demo graph lambdas test lint format typecheck bench clean
+.PHONY: serving-env lock help venv up down status env deploy deploy-plan deploy-aws data train demo graph lambdas test lint format typecheck bench clean
 
 help: ## List the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -34,7 +34,15 @@ $(STAMP): requirements.lock pyproject.toml
 
 venv: $(STAMP) ## Create .venv and install the pinned dependencies (done by every target)
 
-up: $(STAMP) ## Start the local stack, write the `local` profile, deploy (DEPLOY=0: start only)
+# Endpoints run in .venv-serving (the image's packages, CPU-only torch: a worker half the size of
+# one on .venv's CUDA build). Where it cannot be built, they run on .venv instead: not fatal.
+SERVING_STAMP := .venv-serving/.installed
+$(SERVING_STAMP): $(STAMP) services/model_server/requirements.txt
+	@$(PY) -m services.model_server.environment >/dev/null || echo "warning: .venv-serving not built; endpoints run on $(VENV)'s torch" >&2
+
+serving-env: $(SERVING_STAMP) ## Create .venv-serving, the model server's own venv (done by up, demo, test, bench)
+
+up: $(STAMP) $(SERVING_STAMP) ## Start the local stack, write the `local` profile, deploy (DEPLOY=0: start only)
 	@$(PY) -m scripts.stack up
 	@if [ "$(DEPLOY)" = "1" ]; then $(LOCAL_AWS_ENV) $(PY) -m scripts.deploy $(if $(filter localstack-host,$(BACKEND)),--skip-functions); fi
 
@@ -54,7 +62,7 @@ data: $(STAMP) ## ETL: CIFAR-100 (synthetic offline) -> PNG + manifests -> S3 of
 train: $(STAMP) ## Create a training job on the current profile and stream its log
 	@$(PROFILE_ENV) $(PY) -m scripts.train_job
 
-demo: $(STAMP) ## The whole seed: up, deploy, run test cases, monitoring report
+demo: $(STAMP) $(SERVING_STAMP) ## The whole seed: up, deploy, run test cases, monitoring report
 	@$(PY) -m scripts.demo
 
 graph: $(STAMP) ## Render docs/stepfunctions_graph.png from the ASL
@@ -69,7 +77,7 @@ status: $(STAMP) ## Say what runs where
 env: $(STAMP) ## Print export lines: eval "$$(make -s env)"
 	@$(PY) -m scripts.stack env
 
-test: $(STAMP) ## Run the integration tests against real local processes
+test: $(STAMP) $(SERVING_STAMP) ## Run the integration tests against real local processes
 	@$(PY) -m pytest $(PYTEST_ARGS)
 
 lint: $(STAMP) ## ruff lint and format check
@@ -85,7 +93,7 @@ typecheck: $(STAMP) ## mypy on the project's packages
 
 BENCHMARKS ?= bench_local_aws bench_workflow bench_serving bench_train
 BENCH_SUMMARY_ARGS ?=
-bench: $(STAMP) ## Benchmarks (ratios against baselines run in the same script); BENCHMARKS=... picks
+bench: $(STAMP) $(SERVING_STAMP) ## Benchmarks (ratios against baselines run in the same script); BENCHMARKS=... picks
 	@set -e; for b in $(BENCHMARKS); do echo "== $$b"; $(PY) -m benchmarks.$$b; done
 	@# The summary of issue 15's goals, the peer (ministack, own venv) side by side.
 	@echo "== bench_summary"; $(PY) -m benchmarks.bench_summary $(BENCH_SUMMARY_ARGS)

@@ -11,14 +11,14 @@ and the ratio on/off.
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import time
-import zipfile
 from typing import Any
 
 from benchmarks.latency import enforced_vs_not
+from scones.deploy.iam import trust
 from scones.testing import LocalAws
+from scones.testing_functions import create_function
 
 HANDLER = """
 import boto3
@@ -27,23 +27,14 @@ s3 = boto3.client("s3")
 def handler(event, context):
     return {"size": len(s3.get_object(Bucket=event["bucket"], Key=event["key"])["Body"].read())}
 """
-TRUST = {
-    "Version": "2012-10-17",
-    "Statement": [
-        {
-            "Effect": "Allow",
-            "Principal": {"Service": "lambda.amazonaws.com"},
-            "Action": "sts:AssumeRole",
-        }
-    ],
-}
+TRUST = trust("lambda.amazonaws.com")
 
 
 def _deploy(aws: LocalAws) -> dict[str, str]:
     s3, iam, lam = aws.client("s3"), aws.client("iam"), aws.client("lambda")
     s3.create_bucket(Bucket="bench-iam")
     s3.put_object(Bucket="bench-iam", Key="in/scone.png", Body=b"x" * 4096)
-    role = iam.create_role(RoleName="reader", AssumeRolePolicyDocument=json.dumps(TRUST))
+    role = iam.create_role(RoleName="reader", AssumeRolePolicyDocument=TRUST)
     statements = [
         {"Effect": "Allow", "Action": "logs:*", "Resource": "arn:aws:logs:*:*:*"},
         {"Effect": "Allow", "Action": "s3:GetObject", "Resource": "arn:aws:s3:::bench-iam/in/*"},
@@ -54,17 +45,7 @@ def _deploy(aws: LocalAws) -> dict[str, str]:
         PolicyName="read",
         PolicyDocument=json.dumps({"Version": "2012-10-17", "Statement": statements}),
     )
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w") as archive:
-        archive.writestr("app.py", HANDLER)
-    lam.create_function(
-        FunctionName="reader",
-        Runtime="python3.12",
-        Role=role["Role"]["Arn"],
-        Handler="app.handler",
-        Code={"ZipFile": buffer.getvalue()},
-    )
-    lam.get_waiter("function_active_v2").wait(FunctionName="reader")
+    create_function(lam, "reader", HANDLER, role["Role"]["Arn"], runtime="python3.12")
     return {"bucket": "bench-iam", "key": "in/scone.png"}
 
 

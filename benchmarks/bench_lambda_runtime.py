@@ -9,7 +9,6 @@ the same loop, since these machines are noisy.
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import signal
@@ -19,12 +18,13 @@ import sys
 import tempfile
 import time
 import uuid
-import zipfile
 from pathlib import Path
-from typing import Any
 
 import boto3
 
+from scones.deploy.iam import trust
+from scones.testing_functions import create_function
+from scones.testing_processes import descendants, pss_mb
 from services.local_aws.profile import write_profile
 
 HANDLER = (
@@ -33,18 +33,7 @@ HANDLER = (
     "    time.sleep(event.get('sleep', 0))\n"
     "    return {'echo': event.get('n')}\n"
 )
-TRUST = json.dumps(
-    {
-        "Version": "2012-10-17",
-        "Statement": [
-            {
-                "Effect": "Allow",
-                "Principal": {"Service": "lambda.amazonaws.com"},
-                "Action": "sts:AssumeRole",
-            }
-        ],
-    }
-)
+TRUST = trust("lambda.amazonaws.com")
 WARM_ENVIRONMENTS = int(os.environ.get("BENCH_WARM_ENVIRONMENTS", "100"))
 
 
@@ -56,13 +45,6 @@ BOTO3_HANDLER = (
     "    return {'region': s3.meta.region_name}\n"
 )
 BOTO3_ENVIRONMENTS = 20
-
-
-def _zip(source: str = HANDLER) -> bytes:
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w") as archive:
-        archive.writestr("app.py", source)
-    return buffer.getvalue()
 
 
 def _start(root: Path, state: Path) -> tuple[subprocess.Popen[bytes], dict[str, str]]:
@@ -93,38 +75,8 @@ def _start(root: Path, state: Path) -> tuple[subprocess.Popen[bytes], dict[str, 
     return process, write_profile(state / "profile", endpoint)
 
 
-def _descendants(pid: int) -> list[int]:
-    out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout
-    children = [int(p) for p in out.split()]
-    return children + [d for child in children for d in _descendants(child)]
-
-
-def _pss_mb(pid: int) -> float:
-    try:
-        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
-            if line.startswith("Pss:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return 0.0
-
-
 def _p50(samples: list[float]) -> float:
     return statistics.median(samples)
-
-
-def _create(lam: Any, role: str, name: str, source: str = HANDLER, **settings: Any) -> None:
-    lam.create_function(
-        FunctionName=name,
-        Runtime="python3.11",
-        Role=role,
-        Handler="app.handler",
-        Code={"ZipFile": _zip(source)},
-        **settings,
-    )
-    lam.get_waiter("function_active_v2").wait(
-        FunctionName=name, WaiterConfig={"Delay": 1, "MaxAttempts": 30}
-    )
 
 
 def measure(root: Path) -> dict[str, float]:
@@ -140,7 +92,7 @@ def measure(root: Path) -> dict[str, float]:
             cold = []
             for _ in range(7):
                 name = f"cold-{uuid.uuid4().hex[:8]}"
-                _create(lam, role, name)
+                create_function(lam, name, HANDLER, role)
                 started = time.perf_counter()
                 lam.invoke(FunctionName=name, Payload=b'{"n": 0}')["Payload"].read()
                 cold.append((time.perf_counter() - started) * 1000)
@@ -155,25 +107,25 @@ def measure(root: Path) -> dict[str, float]:
                 lam.get_function_configuration(FunctionName=name)
                 control.append((time.perf_counter() - started) * 1000)
             timeouts = []
-            _create(lam, role, "timeout-1s", Timeout=1)
+            create_function(lam, "timeout-1s", HANDLER, role, Timeout=1)
             for _ in range(3):
                 started = time.perf_counter()
                 lam.invoke(FunctionName="timeout-1s", Payload=b'{"sleep": 3}')["Payload"].read()
                 timeouts.append(time.perf_counter() - started)
-            before = set(_descendants(process.pid))
+            before = set(descendants(process.pid))
             boto3_cold = []
             for i in range(BOTO3_ENVIRONMENTS):
-                _create(lam, role, f"boto3-{i}", BOTO3_HANDLER)
+                create_function(lam, f"boto3-{i}", BOTO3_HANDLER, role)
                 started = time.perf_counter()
                 lam.invoke(FunctionName=f"boto3-{i}", Payload=b"{}")["Payload"].read()
                 boto3_cold.append((time.perf_counter() - started) * 1000)
-            boto3_pss = [_pss_mb(pid) for pid in set(_descendants(process.pid)) - before]
+            boto3_pss = [pss_mb(pid) for pid in set(descendants(process.pid)) - before]
             for i in range(WARM_ENVIRONMENTS - 8 - BOTO3_ENVIRONMENTS):
                 name = f"warm-{i}"
-                _create(lam, role, name)
+                create_function(lam, name, HANDLER, role)
                 lam.invoke(FunctionName=name, Payload=b"{}")["Payload"].read()
-            workers = _descendants(process.pid)
-            pss = [_pss_mb(pid) for pid in workers]
+            workers = descendants(process.pid)
+            pss = [pss_mb(pid) for pid in workers]
             started = time.perf_counter()
             process.send_signal(signal.SIGTERM)
             process.wait(timeout=120)

@@ -6,15 +6,12 @@ through the same client stack), since these machines are noisy.
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import statistics
-import subprocess
 import tempfile
 import time
 import uuid
-import zipfile
 from pathlib import Path
 
 import boto3
@@ -22,32 +19,15 @@ import boto3
 from scones.deploy.iam import trust
 from scones.stack import stop_process_group as stop_process
 from scones.testing import start_local_aws
+from scones.testing_functions import create_function
+from scones.testing_processes import children, rss_mb
 
 HANDLER = "def handler(event, context):\n    return {'echo': event.get('n')}\n"
-
-
-def _rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
-
-
-def _children(pid: int) -> list[int]:
-    out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout
-    return [int(p) for p in out.split()]
 
 
 def _percentile(samples: list[float], q: float) -> float:
     ordered = sorted(samples)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
-
-
-def _zip() -> bytes:
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w") as archive:
-        archive.writestr("app.py", HANDLER)
-    return buffer.getvalue()
 
 
 def main() -> None:
@@ -58,7 +38,7 @@ def main() -> None:
         ready_s = time.perf_counter() - started
         try:
             os.environ.update(emulator.env)
-            rss_rest = _rss_mb(emulator.process.pid)
+            rss_rest = rss_mb(emulator.process.pid)
             iam, lam = boto3.client("iam"), boto3.client("lambda")
             role = iam.create_role(
                 RoleName="bench", AssumeRolePolicyDocument=trust("lambda.amazonaws.com")
@@ -66,17 +46,8 @@ def main() -> None:
             cold: list[float] = []
             for _ in range(5):
                 name = f"cold-{uuid.uuid4().hex[:8]}"
-                lam.create_function(
-                    FunctionName=name,
-                    Runtime="python3.11",
-                    Role=role,
-                    Handler="app.handler",
-                    Code={"ZipFile": _zip()},
-                )
                 # Pending for a moment after CreateFunction, as on AWS; the cold start follows.
-                lam.get_waiter("function_active_v2").wait(
-                    FunctionName=name, WaiterConfig={"Delay": 1, "MaxAttempts": 60}
-                )
+                create_function(lam, name, HANDLER, role)
                 t = time.perf_counter()
                 lam.invoke(FunctionName=name, Payload=b'{"n": 0}')
                 cold.append((time.perf_counter() - t) * 1000)
@@ -90,9 +61,9 @@ def main() -> None:
                 t = time.perf_counter()
                 lam.get_function_configuration(FunctionName=name)
                 baseline.append((time.perf_counter() - t) * 1000)
-            workers = _children(emulator.process.pid)
-            rss_after = _rss_mb(emulator.process.pid)
-            worker_rss = [_rss_mb(pid) for pid in workers]
+            workers = children(emulator.process.pid)
+            rss_after = rss_mb(emulator.process.pid)
+            worker_rss = [rss_mb(pid) for pid in workers]
         finally:
             stop_process(emulator.process)
     rows = [

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.latency import latency_summary
+from scones.deploy.iam import trust
 from scones.stack import stop_process_group as stop_process
 from scones.testing import LocalAws, start_local_aws
 
@@ -47,18 +48,7 @@ def _start_latencies(aws: LocalAws, count: int) -> list[float]:
     # CreateStateMachine checks that Step Functions may assume the role, as AWS.
     role_arn = aws.client("iam").create_role(
         RoleName="bench",
-        AssumeRolePolicyDocument=json.dumps(
-            {
-                "Version": "2012-10-17",
-                "Statement": [
-                    {
-                        "Effect": "Allow",
-                        "Principal": {"Service": "states.amazonaws.com"},
-                        "Action": "sts:AssumeRole",
-                    }
-                ],
-            }
-        ),
+        AssumeRolePolicyDocument=trust("states.amazonaws.com"),
     )["Role"]["Arn"]
     machine = sfn.create_state_machine(
         name="bench",

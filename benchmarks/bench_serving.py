@@ -2,7 +2,9 @@
 
 For one model directory (default: the project's small CNN from model/, random weights, written by
 model/train.py's save_model; `--model-dir` for another) and one 32x32 PNG it measures
-  - raw: input_fn+predict_fn+output_fn in this process, batch size 1 and batched (the floor),
+  - raw: input_fn+predict_fn+output_fn with no server, batch size 1 and batched (the floor), in
+    a child of the interpreter the model servers run with (the serving venv's when installed,
+    services/model_server/environment.py), so raw and served rows share one torch build,
   - server: the model server over HTTP (keep-alive connections) at concurrency 1, 8, 32,
   - InvokeEndpoint: boto3's sagemaker-runtime client -> sagemaker-local -> model server, on the
     embedded stack (local_aws + sagemaker-local, started here, the model packed as model.tar.gz
@@ -12,6 +14,8 @@ model/train.py's save_model; `--model-dir` for another) and one 32x32 PNG it mea
     Environment (SAGEMAKER_MODEL_SERVER_WORKERS, SAGEMAKER_TS_BATCH_SIZE, ...),
   - sagemaker-local over plain HTTP with the direct row's client (it checks no signature): the
     same hop as InvokeEndpoint without boto3, to tell sagemaker-local's cost from the client's,
+    and boto3's own signed InvokeEndpoint request (captured from one real call) replayed over
+    plain HTTP: the server side of InvokeEndpoint, byte for byte, without boto3's CPU per call,
 and prints req/s, p50 and p99 (best of `--repeat` interleaved rounds; every client sends
 WARMUP untimed requests first and the clock starts once all are warm), with the goals checked for
 the direct server and for InvokeEndpoint: p50 at C=1 within 2 ms of the raw bs-1 p50, and C=32
@@ -49,6 +53,7 @@ import threading
 import time
 import urllib.request
 import uuid
+import weakref
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
@@ -60,8 +65,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from scones.stack import free_port, start_service, stop_process_group, wait_for_health
-from services.model_server.handler import InferenceRequest, ModelHandler
+from scones.stack import free_port, stop_process_group, wait_for_health
+from services.model_server.environment import serving_python
+from services.model_server.workers import WORKER_MALLOC
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 LEVELS = (1, 8, 32)
@@ -126,6 +132,13 @@ def png_32x32(seed: int = 0) -> bytes:
 def summarise(name: str, concurrency: int, latencies: list[float], clock: Clock) -> Row:
     """A row from per-request latencies (s) and the clock started with the timed run."""
     elapsed, cpu = time.perf_counter() - clock.wall, time.process_time() - clock.cpu
+    return make_row(name, concurrency, latencies, elapsed, cpu)
+
+
+def make_row(
+    name: str, concurrency: int, latencies: list[float], elapsed: float, cpu: float
+) -> Row:
+    """A row from per-request latencies, the run's wall time and the CPU time it took (s)."""
     ordered = sorted(latencies)
     p99 = ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))]
     return Row(
@@ -142,49 +155,115 @@ def summarise(name: str, concurrency: int, latencies: list[float], clock: Clock)
 # --- raw, in-process ---------------------------------------------------------------------------
 
 
-class RawRunner:
-    """The hooks called in this process, as a worker calls them, with no server in between."""
+# The hooks' loop, run by RawRunner in the interpreter the model server runs with (the serving
+# venv's CPU-only torch when installed): the same torch build on both sides of every ratio.
+RAW_CHILD = textwrap.dedent(
+    """
+    import json, sys, time
 
-    def __init__(self, model_dir: Path, payload: bytes, batch_size: int, threads: int) -> None:
-        torch.set_num_threads(threads)
-        self.handler = ModelHandler(model_dir)
-        self.handler.load()
-        self.payload = payload
-        self.batch_size = batch_size
-        self.batch = [InferenceRequest(payload, "image/png", "application/json")] * batch_size
-        for _ in range(20):
-            self.one()
-            self.handler.handle_batch(self.batch)
+    import torch
 
-    def one(self) -> None:
-        """input_fn, predict_fn and output_fn on one image."""
-        handler = self.handler
-        prediction = handler.predict_fn(handler.input_fn(self.payload, "image/png"), handler.model)
+    from services.model_server.handler import InferenceRequest, ModelHandler
+
+    model_dir, payload_path, batch_size, threads = sys.argv[1:5]
+    torch.set_num_threads(int(threads))
+    handler = ModelHandler(model_dir)
+    handler.load()
+    with open(payload_path, "rb") as f:
+        payload = f.read()
+    batch = [InferenceRequest(payload, "image/png", "application/json")] * int(batch_size)
+
+
+    def one():
+        prediction = handler.predict_fn(handler.input_fn(payload, "image/png"), handler.model)
         handler.output_fn(prediction, "application/json")
+
+
+    def full_batch():
+        handler.handle_batch(batch)
+
+
+    for _ in range(20):
+        one()
+        full_batch()
+    print("ready", flush=True)
+    for line in sys.stdin:
+        kind, count = line.split()
+        step = one if kind == "bs1" else full_batch
+        latencies = []
+        wall, cpu = time.perf_counter(), time.process_time()
+        for _ in range(int(count)):
+            t0 = time.perf_counter()
+            step()
+            latencies.append(time.perf_counter() - t0)
+        elapsed, cpu = time.perf_counter() - wall, time.process_time() - cpu
+        print(json.dumps({"latencies": latencies, "elapsed": elapsed, "cpu": cpu}), flush=True)
+    """
+)
+
+
+class RawRunner:
+    """The hooks called as a worker calls them, with no server in between.
+
+    They run in a child process of the interpreter model servers run with (`serving_python`),
+    so raw and served rows use the same torch build; the child exits with this object.
+    """
+
+    def __init__(
+        self,
+        model_dir: Path,
+        payload: bytes,
+        batch_size: int,
+        threads: int,
+        python: str | None = None,
+    ) -> None:
+        self.batch_size = batch_size
+        self._scratch = tempfile.TemporaryDirectory()
+        payload_path = Path(self._scratch.name) / "payload"
+        payload_path.write_bytes(payload)
+        env = {**WORKER_MALLOC, **os.environ}  # the allocator a worker has: the same ceiling
+        env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
+        self.process = subprocess.Popen(
+            [python or serving_python(), "-c", RAW_CHILD, str(model_dir), str(payload_path),
+             str(batch_size), str(threads)],
+            cwd=REPO_ROOT, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        weakref.finalize(self, _end_child, self.process, self._scratch)
+        assert self.process.stdout is not None
+        if self.process.stdout.readline().strip() != "ready":
+            raise RuntimeError(f"the raw runner exited with code {self.process.wait()}")
+
+    def _run(self, kind: str, count: int) -> tuple[list[float], float, float]:
+        assert self.process.stdin is not None and self.process.stdout is not None
+        self.process.stdin.write(f"{kind} {count}\n")
+        self.process.stdin.flush()
+        line = self.process.stdout.readline()
+        if not line:
+            raise RuntimeError(f"the raw runner exited with code {self.process.wait()}")
+        result = json.loads(line)
+        return result["latencies"], result["elapsed"], result["cpu"]
 
     def bs1(self, requests: int) -> Row:
         """One image at a time: the latency floor."""
-        latencies = []
-        clock = Clock()
-        for _ in range(requests):
-            t0 = time.perf_counter()
-            self.one()
-            latencies.append(time.perf_counter() - t0)
-        return summarise("raw in-process, bs 1", 1, latencies, clock)
+        return make_row("raw in-process, bs 1", 1, *self._run("bs1", requests))
 
     def batched(self, requests: int) -> Row:
         """Full batches through handle_batch (one predict_fn each): the throughput ceiling."""
-        latencies = []
-        clock = Clock()
-        for _ in range(max(1, requests // self.batch_size)):
-            t0 = time.perf_counter()
-            self.handler.handle_batch(self.batch)
-            latencies.append(time.perf_counter() - t0)
-        row = summarise(f"raw in-process, bs {self.batch_size}", self.batch_size, latencies, clock)
+        latencies, elapsed, cpu = self._run("batched", max(1, requests // self.batch_size))
+        name = f"raw in-process, bs {self.batch_size}"
+        row = make_row(name, self.batch_size, latencies, elapsed, cpu)
         row.requests *= self.batch_size
         row.req_per_s *= self.batch_size
         row.bench_cpu_ms = (row.bench_cpu_ms or 0.0) / self.batch_size
         return row
+
+
+def _end_child(process: subprocess.Popen[str], scratch: tempfile.TemporaryDirectory[str]) -> None:
+    with contextlib.suppress(OSError):
+        process.kill()
+    process.wait()
+    scratch.cleanup()
 
 
 def best(rows: Sequence[Row]) -> Row:
@@ -202,9 +281,14 @@ def http_rows(
     levels: Sequence[int],
     requests: int,
     path: str = "/invocations",
+    headers: dict[str, str] | None = None,
 ) -> list[Row]:
-    """POST the PNG to base_url + path at each concurrency, one keep-alive connection a client."""
-    return [asyncio.run(_http_load(name, base_url + path, payload, c, requests)) for c in levels]
+    """POST the PNG to base_url + path at each concurrency, one keep-alive connection a client.
+
+    `headers` replace the default Content-Type and Accept (Host and Content-Length are set here).
+    """
+    url = base_url + path
+    return [asyncio.run(_http_load(name, url, payload, c, requests, headers)) for c in levels]
 
 
 def server_row(server: ServerProcess, payload: bytes, concurrency: int, requests: int) -> Row:
@@ -218,12 +302,25 @@ def server_row(server: ServerProcess, payload: bytes, concurrency: int, requests
     return row
 
 
-async def _http_load(name: str, url_text: str, payload: bytes, concurrency: int, n: int) -> Row:
+async def _http_load(
+    name: str,
+    url_text: str,
+    payload: bytes,
+    concurrency: int,
+    n: int,
+    headers: dict[str, str] | None = None,
+) -> Row:
     url = urlsplit(url_text)
     host, port, path = url.hostname or "127.0.0.1", url.port or 80, url.path
+    fields = headers or {"Content-Type": "image/png", "Accept": "application/json"}
+    lines = "".join(
+        f"{key}: {value}\r\n"
+        for key, value in fields.items()
+        if key.lower() not in ("host", "content-length")
+    )
     wire = (
-        f"POST {path} HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: image/png\r\n"
-        f"Accept: application/json\r\nContent-Length: {len(payload)}\r\n\r\n"
+        f"POST {path} HTTP/1.1\r\nHost: {host}:{port}\r\n{lines}"
+        f"Content-Length: {len(payload)}\r\n\r\n"
     ).encode() + payload
     latencies: list[float] = []
     remaining = [n]
@@ -329,15 +426,26 @@ def _invoke_load(
 
 
 class ServerProcess:
-    """`python -m services.model_server` on a free port for the length of a `with` block."""
+    """`python -m services.model_server` on a free port for the length of a `with` block.
 
-    def __init__(self, model_dir: Path, server_args: Sequence[str]) -> None:
+    `python`: its interpreter (default: the one sagemaker-local starts model servers with).
+    """
+
+    def __init__(
+        self, model_dir: Path, server_args: Sequence[str], python: str | None = None
+    ) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self._log_dir = tempfile.TemporaryDirectory()
         self.log_path = Path(self._log_dir.name) / "model_server.log"
         args = ["--model-dir", str(model_dir), "--port", str(self.port), *server_args]
-        self.process = start_service("services.model_server", args, self.log_path)
+        # The interpreter sagemaker-local starts model servers with (the serving venv's).
+        with open(self.log_path, "ab") as log:
+            self.process = subprocess.Popen(
+                [python or serving_python(), "-m", "services.model_server", *args],
+                cwd=REPO_ROOT, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )  # fmt: skip
 
     def __enter__(self) -> ServerProcess:
         try:
@@ -380,6 +488,9 @@ INVOKE_CAPTURE = "InvokeEndpoint + 100% capture"
 # The same hop as InvokeEndpoint without boto3 (sagemaker-local does not check signatures): what
 # sagemaker-local costs, apart from the client's serialising, signing and parsing.
 SAGEMAKER_LOCAL_HTTP = "sagemaker-local, HTTP (no boto3)"
+# boto3's own InvokeEndpoint request (its SigV4 headers, user agent, ...), captured once and
+# replayed over plain HTTP: the server side of InvokeEndpoint alone, without the client's CPU.
+SAGEMAKER_LOCAL_SIGNED = "sagemaker-local, boto3's signed request replayed (no boto3)"
 
 
 def container_environment(
@@ -538,6 +649,10 @@ class EndpointStack:
         path = f"/endpoints/{self.endpoints[INVOKE_ENDPOINT]}/invocations"
         url = self._stack.sagemaker_url
         rows = http_rows(SAGEMAKER_LOCAL_HTTP, url, payload, levels, requests, path=path)
+        signed = boto3_request_headers(self.runtimes[0], self.endpoints[INVOKE_ENDPOINT], payload)
+        rows += http_rows(
+            SAGEMAKER_LOCAL_SIGNED, url, payload, levels, requests, path=path, headers=signed
+        )
         for row_name, endpoint in self.endpoints.items():
             calls = [_endpoint_call(runtime, endpoint) for runtime in self.runtimes]
             rows += invoke_rows(row_name, calls, payload, levels, requests)
@@ -552,6 +667,23 @@ class EndpointStack:
             page.get("KeyCount", 0)
             for page in pages.paginate(Bucket=self.bucket, Prefix="capture/")
         )
+
+
+def boto3_request_headers(runtime: Any, endpoint: str, payload: bytes) -> dict[str, str]:
+    """The headers boto3 sends for one InvokeEndpoint of `payload` (signed), from a real call."""
+    captured: dict[str, str] = {}
+
+    def keep(request: Any, **_: Any) -> None:
+        for key, value in request.headers.items():
+            captured[key] = value.decode() if isinstance(value, bytes) else str(value)
+
+    event = "before-send.sagemaker-runtime.InvokeEndpoint"
+    runtime.meta.events.register_first(event, keep, unique_id="bench-serving-capture")
+    try:
+        _endpoint_call(runtime, endpoint)(payload)
+    finally:
+        runtime.meta.events.unregister(event, unique_id="bench-serving-capture")
+    return captured
 
 
 def _endpoint_call(runtime: Any, endpoint: str) -> Invoke:

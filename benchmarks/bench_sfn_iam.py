@@ -13,10 +13,8 @@ median ratio on/off.
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import time
-import zipfile
 from typing import Any
 
 from botocore.config import Config
@@ -24,6 +22,7 @@ from botocore.config import Config
 from benchmarks.latency import enforced_vs_not
 from scones.deploy.iam import trust
 from scones.testing import LocalAws
+from scones.testing_functions import create_function
 
 HANDLER = """
 def handler(event, context):
@@ -44,17 +43,9 @@ def _deploy(aws: LocalAws) -> str:
     function_role = iam.create_role(
         RoleName="fn", AssumeRolePolicyDocument=trust("lambda.amazonaws.com")
     )["Role"]["Arn"]
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w") as archive:
-        archive.writestr("app.py", HANDLER)
-    function_arn = lam.create_function(
-        FunctionName="step",
-        Runtime="python3.12",
-        Role=function_role,
-        Handler="app.handler",
-        Code={"ZipFile": buffer.getvalue()},
-    )["FunctionArn"]
-    lam.get_waiter("function_active_v2").wait(FunctionName="step")
+    function_arn = create_function(lam, "step", HANDLER, function_role, runtime="python3.12")[
+        "FunctionArn"
+    ]
     states_role = iam.create_role(
         RoleName="states", AssumeRolePolicyDocument=trust("states.amazonaws.com")
     )["Role"]["Arn"]

@@ -4,9 +4,10 @@ Two emulators are measured in interleaved rounds on the same machine: `local_aws
 repository's `services.local_aws`) and the peer `ministack` (pinned in
 benchmarks/requirements-bench-peer.lock, installed by this script in its own venv,
 .venv-bench-peer, and started and stopped here on a free port). Per round each is started, its
-spawn -> ready and PSS taken, a function cold-started and invoked warm, a three-task state
-machine run sequentially and 16 in flight; the medians over the rounds are reported. Once per
-emulator (the costly part) ~100 functions are warmed: PSS per extra environment, then
+spawn -> ready, PSS and first answer (ready + an S3 ListBuckets: lazy loading moves work to it)
+taken, a function cold-started and invoked warm, a three-task state machine run sequentially
+and 16 in flight; ours is then restarted on that state. Medians over the rounds are reported.
+Once per emulator (the costly part) ~100 functions are warmed: PSS per extra environment, then
 SIGTERM -> exit. The stack rows (emulator + sagemaker-local + one model server, model-server
 worker PSS and start -> /ping, InvokeEndpoint vs raw batched) have no peer: ministack has no
 SageMaker hosting.
@@ -43,8 +44,10 @@ from botocore.config import Config
 
 from scones.deploy.iam import policy, trust
 from scones.stack import free_port, start_service, stop_process_group
-from scones.testing import reset_boto3, start_local_stack
+from scones.testing import reset_boto3
+from scones.testing_processes import descendants, pss_mb, tree_pss_mb
 from services.local_aws.profile import write_profile
+from services.service_process import spawn_logged
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 PEER = "ministack"
@@ -58,29 +61,6 @@ EXECUTION_TIMEOUT_S = 120.0
 
 
 # --- measuring helpers ---------------------------------------------------------------------
-
-
-def pss_mb(pid: int) -> float:
-    """Proportional set size of one process (shared pages split among their users), MB."""
-    try:
-        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
-            if line.startswith("Pss:"):
-                return int(line.split()[1]) / 1024
-    except OSError:  # gone meanwhile
-        pass
-    return 0.0
-
-
-def descendants(pid: int) -> list[int]:
-    """Every process below `pid` (children, their children, ...)."""
-    out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout
-    children = [int(p) for p in out.split()]
-    return children + [d for child in children for d in descendants(child)]
-
-
-def tree_pss_mb(pid: int) -> float:
-    """PSS of a process and all its descendants, MB."""
-    return pss_mb(pid) + sum(pss_mb(child) for child in descendants(pid))
 
 
 def median(samples: list[float]) -> float:
@@ -214,16 +194,8 @@ def start_peer(python: Path, state: Path) -> Emulator:
         "S3_DATA_DIR": str(state / "s3"),
     }
     t0 = time.perf_counter()
-    with open(log_path, "wb") as log:
-        process = subprocess.Popen(
-            [str(python), "-m", "ministack"],
-            cwd=state,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+    log_path.unlink(missing_ok=True)  # this run's log only
+    process = spawn_logged([str(python), "-m", "ministack"], log_path, state, env)
     url = f"http://127.0.0.1:{port}"
     ready_s = _wait_ready(process, f"{url}/_ministack/health", log_path, t0)
     session = boto3.session.Session(
@@ -351,6 +323,11 @@ def measure_round(emulator: Emulator, sizes: Sizes, figures: Figures, heavy: boo
     """Everything but start/stop on a fresh emulator; `heavy` adds the warm-environment rows."""
     figures.add("ready_s", emulator.ready_s)
     figures.add("pss_fresh_mb", pss_mb(emulator.process.pid))
+    # Lazy loading moves work from start-up to the first request: count both.
+    s3 = emulator.client("s3")
+    started = time.perf_counter()
+    s3.list_buckets()
+    figures.add("first_answer_s", emulator.ready_s + time.perf_counter() - started)
     work = Workload(emulator)
     cold = []
     for i in range(sizes.cold):
@@ -370,6 +347,16 @@ def measure_round(emulator: Emulator, sizes: Sizes, figures: Figures, heavy: boo
         figures.add("exec_per_s", sizes.concurrent / (time.perf_counter() - started))
     if heavy:
         _warm_environments(work, sizes, figures)
+
+
+def measure_restart(state: Path, max_environments: int, figures: Figures) -> None:
+    """Started again on what a round left (functions, a state machine, its executions)."""
+    emulator = start_local(state, max_environments)
+    try:
+        figures.add("restart_ready_s", emulator.ready_s)
+        figures.add("restart_pss_mb", pss_mb(emulator.process.pid))
+    finally:
+        emulator.stop()
 
 
 def _warm_environments(work: Workload, sizes: Sizes, figures: Figures) -> None:
@@ -398,23 +385,25 @@ def measure_stack(rounds: int, requests: int, figures: Figures) -> None:
     """Whole stack at rest, model-server worker PSS and start -> /ping, InvokeEndpoint share."""
     from benchmarks.bench_serving import (
         INVOKE_ENDPOINT,
+        SAGEMAKER_LOCAL_SIGNED,
         EndpointStack,
         RawRunner,
         ServerProcess,
+        boto3_request_headers,
         container_environment,
+        http_rows,
         invoke_rows,
         png_32x32,
         write_small_cnn,
     )
+    from services.model_server.environment import ensure_serving_env
 
+    ensure_serving_env()  # the image's packages (CPU-only torch): what endpoints serve with
     with tempfile.TemporaryDirectory() as scratch:
         model_dir = write_small_cnn(Path(scratch))
         payload = png_32x32()
-        for index in range(rounds):  # what `make up DEPLOY=0` waits for, without its pid files
-            started = time.perf_counter()
-            services = start_local_stack(Path(scratch) / f"up-{index}")
-            figures.add("stack_up_s", time.perf_counter() - started)
-            services.stop()
+        for index in range(rounds):
+            figures.add("stack_up_s", _make_up_s(Path(scratch) / f"up-{index}"))
         server_args = ["--workers", "1", "--threads-per-worker", "1", "--max-batch-size", "8"]
         for _ in range(rounds):
             started = time.perf_counter()
@@ -431,10 +420,38 @@ def measure_stack(rounds: int, requests: int, figures: Figures) -> None:
             stack.check(payload)
             endpoint = stack.endpoints[INVOKE_ENDPOINT]
             calls = [_endpoint_call(runtime, endpoint) for runtime in stack.runtimes]
+            # boto3's own signed request replayed without boto3: the server side alone.
+            signed = boto3_request_headers(stack.runtimes[0], endpoint, payload)
+            path = f"/endpoints/{endpoint}/invocations"
+            url = stack._stack.sagemaker_url
             for _ in range(rounds):  # interleaved: raw, then through the endpoint
                 batched = raw.batched(requests)
                 (through,) = invoke_rows(INVOKE_ENDPOINT, calls, payload, [32], requests)
                 figures.add("invoke_share", through.req_per_s / batched.req_per_s)
+                figures.add("boto3_cpu_ms", through.bench_cpu_ms or 0.0)
+                (replayed,) = http_rows(
+                    SAGEMAKER_LOCAL_SIGNED, url, payload, [32], requests, path, signed
+                )
+                figures.add("invoke_server_share", replayed.req_per_s / batched.req_per_s)
+
+
+def _make_up_s(state_dir: Path) -> float:
+    """`make up DEPLOY=0`'s own code (scones.stack.up) on free ports; seconds until healthy."""
+    from scones import stack
+    from scones.settings import Settings
+
+    aws_port = free_port()
+    sagemaker_port = next(p for p in iter(free_port, None) if p != aws_port)
+    settings = Settings(
+        state_dir=state_dir, local_aws_port=aws_port, sagemaker_local_port=sagemaker_port
+    )
+    with contextlib.redirect_stdout(io.StringIO()):
+        started = time.perf_counter()
+        try:
+            stack.up(settings)
+            return time.perf_counter() - started
+        finally:
+            stack.down(settings)
 
 
 def _endpoint_call(runtime: Any, endpoint: str) -> Callable[[bytes], bytes]:
@@ -465,6 +482,14 @@ class Goal:
 GOALS = (
     Goal("ready_s", "emulator spawn -> ready", "s", "<= 0.3 s", lambda v: v <= 0.3, 2),
     Goal(
+        "first_answer_s",
+        "  spawn -> ready + first S3 ListBuckets answered",
+        "s",
+        "(report)",
+        lambda v: True,
+        2,
+    ),
+    Goal(
         "stack_up_s",
         "services up: emulator + sagemaker-local healthy (make up DEPLOY=0)",
         "s",
@@ -473,6 +498,15 @@ GOALS = (
         2,
     ),
     Goal("pss_fresh_mb", "emulator PSS, fresh", "MB", "<= 60 MB", lambda v: v <= 60, 0),
+    Goal(
+        "restart_ready_s",
+        "emulator restart on a round's state (functions, machine, executions) -> ready",
+        "s",
+        "(report)",
+        lambda v: True,
+        2,
+    ),
+    Goal("restart_pss_mb", "  PSS after that restart", "MB", "(report)", lambda v: True, 0),
     Goal(
         "stack_pss_mb",
         "whole stack at rest PSS (emulator, sagemaker-local, 1 model server)",
@@ -522,6 +556,50 @@ GOALS = (
         ">= 70 %",
         lambda v: v >= 0.7,
     ),
+    Goal(
+        "invoke_server_share",
+        "  server side alone: boto3's signed request replayed without boto3 / raw",
+        "%",
+        "(report)",
+        lambda v: True,
+    ),
+    Goal(
+        "boto3_cpu_ms",
+        "  boto3's client CPU per InvokeEndpoint (on the servers' CPUs)",
+        "ms",
+        "(report)",
+        lambda v: True,
+        2,
+    ),
+    # benchmarks/bench_burst.py: a fresh stack, the real deploy, then the burst at once.
+    Goal("burst_p99_over_p50", "burst: p99 / p50, 600 executions, 32 in flight", "", "<= 3",
+         lambda v: v <= 3, 2),
+    Goal("burst_p99_ms", "  burst: latency p99", "ms", "(report)", lambda v: True, 0),
+    Goal("burst_exec_per_s", "  burst: executions/s", "/s", ">= 69.2/s (2x 34.6)",
+         lambda v: v >= 69.2),
+    Goal("burst_cpu_ms", "  burst: emulator CPU ms per execution", "ms", "(report)",
+         lambda v: True),
+    Goal("burst_failed", "  burst: executions not SUCCEEDED", "", "== 0", lambda v: v == 0, 0),
+)  # fmt: skip
+
+
+# What each emulator's rounds measure (`--no-stack` measures exactly these); the rest of GOALS
+# needs the whole stack or the burst.
+EMULATOR_ROWS = frozenset(
+    {
+        "ready_s",
+        "first_answer_s",
+        "pss_fresh_mb",
+        "restart_ready_s",
+        "restart_pss_mb",
+        "pss_per_env_mb",
+        "cold_ms",
+        "warm_p50_ms",
+        "sfn_p50_ms",
+        "exec_per_s",
+        "warm_environments",
+        "stop_s",
+    }
 )
 
 
@@ -623,10 +701,17 @@ def main(argv: list[str] | None = None) -> int:
                     measure_round(emulator, sizes, results[name], heavy=index == 0)
                 finally:
                     emulator.stop()
+                if name == LOCAL:  # the peer keeps no Lambda or Step Functions state
+                    measure_restart(state, args.environments + 16, results[name])
                 print(f"  round {index + 1}/{args.rounds} {name}: done", flush=True)
         if args.stack:
             measure_stack(args.rounds, args.requests, results[LOCAL])
             print("  stack: done", flush=True)
+            from benchmarks.bench_burst import summary_rows  # S: the burst rows
+
+            for key, value in summary_rows(600, 32).items():
+                results[LOCAL].add(key, value)
+            print("  burst: done", flush=True)
     print(
         f"\nissue 15 summary: {os.cpu_count()} CPUs, load average {load_before:.1f} before, "
         f"{os.getloadavg()[0]:.1f} after, {time.monotonic() - started:.0f} s; medians of "

@@ -37,9 +37,11 @@ import boto3
 from botocore.config import Config
 
 from scones.archives import reproducible_tar_gz
+from scones.deploy.hosting import capture_config
 from scones.stack import free_port, start_service, wait_for_health
 from scones.stack import stop_process_group as stop_process
 from scones.testing import create_workflow, start_local_aws
+from scones.testing_models import tiny_inference_py, write_tiny_model
 from services.local_aws.profile import write_profile
 
 ENDPOINT_NAME = "scones-bench"
@@ -53,7 +55,7 @@ TERMINAL_TIMEOUT_S = 120.0
 
 def _serve_stand_in(conn: Any) -> None:
     """Child process: the tests' InvokeEndpoint stand-in answering ANSWER for ENDPOINT_NAME."""
-    from scones.testing import SageMakerRuntimeStandIn
+    from scones.testing_sagemaker import SageMakerRuntimeStandIn
 
     stand_in = SageMakerRuntimeStandIn()
     stand_in.answer_json(ENDPOINT_NAME, ANSWER)
@@ -83,59 +85,36 @@ def stand_in_endpoint() -> Iterator[str]:
         process.join(10)
 
 
-INFERENCE_PY = """
-import io
-import json
-from pathlib import Path
-
-import numpy as np
-import torch
-from PIL import Image
-from torch import nn
+INFERENCE_PY = tiny_inference_py(
+    """
+    def model_fn(model_dir):
+        torch.set_num_threads(1)
+        return build_model(model_dir)
 
 
-class TinyNet(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.conv = nn.Conv2d(3, 8, 3, padding=1)
-        self.fc = nn.Linear(8, 2)
-
-    def forward(self, x):
-        return self.fc(torch.relu(self.conv(x)).mean(dim=(2, 3)))
+    def input_fn(body, content_type):
+        return decode_image(body, size=(32, 32))
 
 
-def model_fn(model_dir):
-    torch.set_num_threads(1)
-    model = TinyNet()
-    model.load_state_dict(torch.load(Path(model_dir) / "model.pth", weights_only=True))
-    return model.eval()
+    def predict_fn(data, model):
+        # Keeps the batch dimension: the model server batches concurrent requests and splits rows.
+        with torch.no_grad():
+            return torch.softmax(model(data), dim=1)
 
 
-def input_fn(body, content_type):
-    image = Image.open(io.BytesIO(body)).convert("RGB").resize((32, 32))
-    pixels = np.asarray(image, dtype=np.float32) / 255.0
-    return torch.from_numpy(pixels).permute(2, 0, 1).unsqueeze(0)
-
-
-def predict_fn(data, model):
-    # Keeps the batch dimension: the model server batches concurrent requests and splits rows.
-    with torch.no_grad():
-        return torch.softmax(model(data), dim=1)
-
-
-def output_fn(prediction, accept):
-    probabilities = [float(p) for p in prediction.reshape(-1, prediction.shape[-1])[0]]
-    labels = ["bicycle", "motorcycle"]
-    best = max(range(len(probabilities)), key=probabilities.__getitem__)
-    return json.dumps({"probabilities": probabilities, "label": labels[best]}), "application/json"
-"""
+    def output_fn(prediction, accept):
+        probabilities = [float(p) for p in prediction.reshape(-1, prediction.shape[-1])[0]]
+        labels = ["bicycle", "motorcycle"]
+        best = max(range(len(probabilities)), key=probabilities.__getitem__)
+        answer = {"probabilities": probabilities, "label": labels[best]}
+        return json.dumps(answer), "application/json"
+    """
+)
 
 
 @contextlib.contextmanager
 def sagemaker_local_endpoint(emulator_url: str, state_dir: Path, bucket: str) -> Iterator[str]:
     """The real sagemaker-local serving a tiny CNN as ENDPOINT_NAME; yields its URL."""
-    import torch
-
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     env = write_profile(state_dir / "sm-profile", emulator_url, sagemaker_endpoint=url)
@@ -148,12 +127,7 @@ def sagemaker_local_endpoint(emulator_url: str, state_dir: Path, bucket: str) ->
     try:
         wait_for_health(f"{url}/_health", process, log_path, timeout_s=120)
         model_dir = state_dir / "model"
-        (model_dir / "code").mkdir(parents=True, exist_ok=True)
-        (model_dir / "code" / "inference.py").write_text(INFERENCE_PY)
-        namespace: dict[str, Any] = {}
-        exec(compile(INFERENCE_PY, "inference.py", "exec"), namespace)
-        torch.manual_seed(0)
-        torch.save(namespace["TinyNet"]().state_dict(), model_dir / "model.pth")
+        write_tiny_model(model_dir, INFERENCE_PY, channels=8, classes=2)
         boto3.client("s3").put_object(
             Bucket=bucket,
             Key="models/bench/model.tar.gz",
@@ -179,13 +153,7 @@ def sagemaker_local_endpoint(emulator_url: str, state_dir: Path, bucket: str) ->
                 }
             ],
             # As the deploy configures it: every inference captured.
-            DataCaptureConfig={
-                "EnableCapture": True,
-                "InitialSamplingPercentage": 100,
-                "DestinationS3Uri": f"s3://{bucket}/capture",
-                "CaptureOptions": [{"CaptureMode": "Input"}, {"CaptureMode": "Output"}],
-                "CaptureContentTypeHeader": {"JsonContentTypes": ["application/json"]},
-            },
+            DataCaptureConfig=capture_config(f"s3://{bucket}/capture"),
         )
         sm.create_endpoint(EndpointName=ENDPOINT_NAME, EndpointConfigName=ENDPOINT_NAME)
         sm.get_waiter("endpoint_in_service").wait(
@@ -242,23 +210,22 @@ class Deployment:
             name=f"bench-{uuid.uuid4().hex}",
             input=json.dumps({"s3_bucket": self.bucket, "s3_key": self.key}),
         )["executionArn"]
-        polls = 0
-        deadline = started + TERMINAL_TIMEOUT_S
-        for delay in poll.delays():
-            time.sleep(delay)
-            described = self.sfn.describe_execution(executionArn=arn)
-            polls += 1
-            if described["status"] != "RUNNING":
-                break
-            if time.perf_counter() > deadline:
-                raise TimeoutError(f"{arn} still RUNNING after {TERMINAL_TIMEOUT_S}s")
-        client_ms = (time.perf_counter() - started) * 1000
-        service_ms = (described["stopDate"] - described["startDate"]).total_seconds() * 1000
-        poll.observe(service_ms)
+        done = poll.follow(self.sfn, arn, started)
+        described = done.described
         error = described.get("error")
         if error:
             error = f"{error}: {described.get('cause', '')[:300]}"
-        return Run(described["status"], client_ms, service_ms, polls, error)
+        return Run(described["status"], done.client_ms, done.service_ms, done.polls, error)
+
+
+@dataclass
+class Followed:
+    """An execution polled to its end: its description, the polls, client and service time."""
+
+    described: dict[str, Any]
+    polls: int
+    client_ms: float
+    service_ms: float
 
 
 class Poller:
@@ -274,6 +241,25 @@ class Poller:
         """Remember a completed execution's duration as the service measured it."""
         with self._lock:
             self._recent = [*self._recent[-49:], service_ms]
+
+    def follow(
+        self, sfn: Any, arn: str, started: float, timeout_s: float = TERMINAL_TIMEOUT_S
+    ) -> Followed:
+        """Poll the execution `arn`, started at perf_counter() `started`, to its end."""
+        polls = 0
+        deadline = started + timeout_s
+        for delay in self.delays():
+            time.sleep(delay)
+            described = sfn.describe_execution(executionArn=arn)
+            polls += 1
+            if described["status"] != "RUNNING":
+                break
+            if time.perf_counter() > deadline:
+                raise TimeoutError(f"{arn} still RUNNING after {timeout_s}s")
+        client_ms = (time.perf_counter() - started) * 1000
+        service_ms = (described["stopDate"] - described["startDate"]).total_seconds() * 1000
+        self.observe(service_ms)
+        return Followed(dict(described), polls, client_ms, service_ms)
 
     def delays(self) -> Iterator[float]:
         """Seconds to sleep before each describe_execution."""

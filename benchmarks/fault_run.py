@@ -19,7 +19,8 @@ retries connection errors with bounded exponential backoff while the emulator is
 
 At the end the stack is stopped cleanly and the emulator started alone on its state folder: every
 execution must still have the status the client was told. The exit status is 1 when an execution
-failed, a capture record is missing or an execution's status changed across that restart.
+failed, a capture record is missing, an execution's status changed across that restart, or a
+StartExecution/DescribeExecution answer came without its fields (a response cut by the kill).
 
     python -m benchmarks.fault_run [--executions 1000] [--in-flight 32] [--json out.json]
 """
@@ -60,6 +61,7 @@ from scones.monitoring import read_capture
 from scones.settings import REPO_ROOT
 from scones.stack import start_service, stop_process_group, wait_for_file, wait_for_health
 from scones.testing import LocalStack, selected_profile, start_local_stack
+from scones.testing_processes import children, in_group
 
 T = TypeVar("T")
 
@@ -107,6 +109,18 @@ def call_with_backoff(stats: ClientStats, call: Callable[[], T]) -> T:
                 stats.retries += 1
             time.sleep(delay)
             delay = min(delay * 2, 2.0)
+
+
+def _answer_shape(operation: str, answer: dict[str, Any]) -> list[str]:
+    """What a malformed answer looked like: its keys, status and announced length."""
+    meta = answer.get("ResponseMetadata", {})
+    headers = meta.get("HTTPHeaders", {})
+    return [
+        operation,
+        *sorted(k for k in answer if k != "ResponseMetadata"),
+        f"http {meta.get('HTTPStatusCode')}",
+        f"content-length {headers.get('content-length')}",
+    ]
 
 
 # --- the stack, killable and restartable -------------------------------------------------------
@@ -195,35 +209,11 @@ class FaultStack:
         self.stack.stop()
         survivors = []
         for group in self.orphans:
-            members = processes_in_group(group)
+            members = in_group(group)
             survivors += members
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(group, signal.SIGKILL)
         return survivors
-
-
-def processes_in_group(group: int) -> list[int]:
-    """Live processes whose process group is `group`."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            fields = (entry / "stat").read_text().rpartition(")")[2].split()
-        except OSError:
-            continue
-        if fields and fields[0] != "Z" and int(fields[2]) == group:
-            found.append(int(entry.name))
-    return found
-
-
-def children_of(pid: int) -> list[int]:
-    """The direct children of a process (from /proc's children lists)."""
-    children: list[int] = []
-    for task in Path(f"/proc/{pid}/task").glob("*"):
-        with contextlib.suppress(OSError):
-            children += [int(c) for c in (task / "children").read_text().split()]
-    return children
 
 
 def cmdline(pid: int) -> str:
@@ -374,9 +364,10 @@ class FaultRun:
             try:
                 answer = self.sfn.start_execution(stateMachineArn=machine, name=name, input=event)
                 if "executionArn" not in answer:
-                    # Seen once right after an emulator restart: counted, shown, retried.
+                    # A 200 without its body: the emulator killed between headers and body
+                    # (before services/local_aws/whole_responses.py). Counted, shown, retried.
                     with self.stats.lock:
-                        self.stats.malformed.append(sorted(answer))
+                        self.stats.malformed.append(_answer_shape("StartExecution", answer))
                     raise ConnectionClosedError(endpoint_url="StartExecution without executionArn")
                 return str(answer["executionArn"])
             except ClientError as error:
@@ -394,9 +385,9 @@ class FaultRun:
                 self.stats, lambda: self.sfn.describe_execution(executionArn=arn)
             )
             if "status" not in described:
-                # Seen right after an emulator restart (22:5x runs): counted, shown, polled again.
+                # As for StartExecution above: counted, shown, polled again.
                 with self.stats.lock:
-                    self.stats.malformed.append(sorted(described))
+                    self.stats.malformed.append(_answer_shape("DescribeExecution", described))
             elif described["status"] != "RUNNING":
                 return dict(described)
             if time.monotonic() > deadline:
@@ -435,9 +426,9 @@ class FaultRun:
         if fault.name.startswith("model-server"):
             variant = self.stack.sagemaker_health()["endpoints"][self.deployed["endpoint"]]
             server = variant["variants"]["AllTraffic"]["pid"]
-            workers = [p for p in children_of(server) if "worker" in cmdline(p)]
+            workers = [p for p in children(server) if "worker" in cmdline(p)]
             if not workers:
-                workers = children_of(server)
+                workers = children(server)
             if not workers:
                 fault.detail = f"no worker process under model server {server}; nothing killed"
                 return
@@ -610,7 +601,8 @@ def report(run: FaultRun, wall_s: float, capture: dict[str, Any], leftovers: lis
         ),
         "client_connection_retries": run.stats.retries,
         "client_calls_given_up": run.stats.gave_up,
-        "answers_missing_fields": run.stats.malformed[:5],
+        "answers_missing_fields": len(run.stats.malformed),
+        "answers_missing_fields_examples": run.stats.malformed[:5],
         "probe_answers": len(run.probe_answers),
         "probe_errors": dict(run.probe_errors),
         "faults": [
@@ -649,11 +641,10 @@ def print_report(figures: dict[str, Any]) -> None:
         f"  client: {figures['client_connection_retries']} connection retries, "
         f"{figures['client_calls_given_up']} calls given up"
     )
-    if figures["answers_missing_fields"]:
-        print(
-            "  Start/DescribeExecution answers missing their fields:",
-            figures["answers_missing_fields"],
-        )
+    print(
+        f"  Start/DescribeExecution answers missing their fields: "
+        f"{figures['answers_missing_fields']} {figures['answers_missing_fields_examples']}"
+    )
     print(
         f"  endpoint probes: {figures['probe_answers']} answered, errors {figures['probe_errors']}"
     )
@@ -724,7 +715,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         args.json.write_text(json.dumps(figures, indent=2) + "\n")
     lost = capture["lost_capture_records"] + durability["status_changed_after_restart"]
-    return 0 if figures["failed"] == 0 and lost == 0 else 1
+    malformed = len(run.stats.malformed)  # a 200 without its body (a kill mid-response)
+    return 0 if figures["failed"] == 0 and lost == 0 and malformed == 0 else 1
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ from typing import Any
 from botocore.exceptions import ClientError
 
 from scones import monitoring, stack, testcases
-from scones.deploy import Deployer, DeployError, DeployOptions, summary
+from scones.deploy import Deployer, DeployError, DeployOptions, functions, summary
 from scones.settings import load
 
 
@@ -48,8 +48,12 @@ def run_demo(cases: int = 50, in_flight: int = 16, out_dir: Path | None = None) 
     os.environ.update(profile)
 
     _step(2, "Deploy: data, training job, endpoint, Lambdas, state machine", started)
+    deployer = Deployer(settings, DeployOptions())
     try:
-        result = Deployer(settings, DeployOptions()).deploy()
+        # The local profile: each function's `live` alias gets provisioned environments
+        # (SCONES_PROVISIONED_CONCURRENCY), so the test cases below start warm, as on AWS.
+        provisioned = functions.provisioned_concurrency(deployer.context)
+        result = deployer.deploy()
     except (DeployError, ClientError) as error:
         raise DemoFailed(
             f"deploy: {error}\n  logs: {state_dir / 'logs'} (sagemaker_local.log has the training "
@@ -100,6 +104,7 @@ def run_demo(cases: int = 50, in_flight: int = 16, out_dir: Path | None = None) 
         "latency_p50_s": report.summary.latency_p50_s,
         "latency_p99_s": report.summary.latency_p99_s,
         "capture_records": report.summary.capture_records,
+        "provisioned_per_function": provisioned,
         "wall_s": round(time.monotonic() - started, 1),
     }
     return numbers

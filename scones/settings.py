@@ -41,77 +41,46 @@ class Knob:
         return f"`{self.default}`" if self.default else ""
 
 
+# Where a knob is read when `Settings` does not read it (`Knob.read_by`).
+EMULATOR = "services/local_aws"
+SAGEMAKER_LOCAL = "services/sagemaker_local"
+MODEL_SERVER = "services/model_server"
+BROWSER_GUARD = "services/browser_guard.py"
+LOCALSTACK_HOST = "services/localstack_host"
+MAKEFILE = "Makefile"
+
+# One knob a line, in the order of the README table.
 KNOBS: tuple[Knob, ...] = (
-    Knob("BACKEND", "embedded", "`embedded` (no Docker), `docker` (Compose: LocalStack + "
-         "sagemaker-local) or `localstack-host` (LocalStack 4.14.0 as a host process beside "
-         "sagemaker-local, no Docker; its Lambda does not run, so the deploy skips functions)"),
+    Knob("BACKEND", "embedded", "`embedded` (no Docker), `docker` (Compose: LocalStack + sagemaker-local) or `localstack-host` (LocalStack 4.14.0 as a host process beside sagemaker-local, no Docker; its Lambda does not run, so the deploy skips functions)"),
     Knob("LOCAL_AWS_PORT", "4566", "port of the embedded AWS emulator"),
     Knob("SAGEMAKER_LOCAL_PORT", "4570", "port of sagemaker-local (control plane and runtime)"),
-    Knob("LOCAL_AWS_LAMBDA_CONCURRENCY", "16",
-         "most concurrent executions (warm workers) per function", read_by="services/local_aws"),
-    Knob("LOCAL_AWS_LAMBDA_IDLE_TIMEOUT", "900", "seconds an idle Lambda worker is kept warm",
-         read_by="services/local_aws"),
-    Knob("LOCAL_AWS_LAMBDA_ISOLATION", "1",
-         "`0` lets Lambda code import the whole venv (AWS offers only boto3)",
-         read_by="services/local_aws"),
-    Knob("LOCAL_AWS_LOG_LEVEL", "INFO", "emulator log level", read_by="services/local_aws"),
-    Knob("LOCAL_AWS_SFN_SPEEDUPS", "1",
-         "`0`: moto's Step Functions interpreter exactly as shipped",
-         read_by="services/local_aws"),
-    Knob("LOCAL_AWS_LAMBDA_PENDING_S", "0.2",
-         "seconds a new function stays `Pending`, as on AWS (`0`: Active at once)",
-         read_by="services/local_aws"),
-    Knob("LOCAL_AWS_SFN_TIME_SCALE", "1", "factor on Step Functions Wait/Retry intervals",
-         read_by="services/local_aws"),
-    Knob("LOCAL_AWS_PERSIST", "1",
-         "`0`: the emulator keeps its state in memory only (lost at `make down`)",
-         read_by="services/local_aws"),
-    Knob("LOCAL_AWS_IAM_ENFORCE", "1",
-         "`0`: IAM policies are not enforced for calls made with role credentials",
-         read_by="services/local_aws"),
-    Knob("LOCAL_AWS_LAMBDA_ACCOUNT_CONCURRENCY", "64",
-         "account-level Lambda concurrency limit (beyond it: `TooManyRequestsException`)",
-         read_by="services/local_aws"),
-    Knob("LOCAL_AWS_LAMBDA_MAX_ENVIRONMENTS", "64",
-         "most warm Lambda environments in total (least recently used idle ones reaped)",
-         read_by="services/local_aws"),
-    Knob("LOCAL_AWS_LAMBDA_FORK_SERVER", "1",
-         "`0`: start each Lambda environment as a fresh interpreter instead of a fork",
-         read_by="services/local_aws"),
-    Knob("LOCAL_AWS_LAMBDA_RETRY_DELAY_SCALE", "1.0",
-         "factor on the 1 and 2 minute retry delays of `InvocationType=Event`",
-         read_by="services/local_aws"),
-    Knob("SCONES_ALLOWED_ORIGINS", "",
-         "browser origins allowed to call the local services (comma-separated; none by default)",
-         read_by="services/browser_guard.py"),
-    Knob("SCONES_ALLOWED_HOSTS", "",
-         "extra Host names the local services answer (beyond localhost, 127.0.0.1, [::1])",
-         read_by="services/browser_guard.py"),
-    Knob("SAGEMAKER_LOCAL_ACCOUNT_ID", "",
-         "account of sagemaker-local when STS cannot be asked (else STS decides)",
-         read_by="services/sagemaker_local", shown_default="(from STS)"),
-    Knob("SAGEMAKER_LOCAL_STOP_GRACE_S", "120",
-         "seconds between SIGTERM and SIGKILL when a training job is stopped (AWS: 120)",
-         read_by="services/sagemaker_local"),
-    Knob("SAGEMAKER_LOCAL_CAPTURE_SYNC_SECONDS", "0.1",
-         "most seconds a captured record waits for fdatasync (`0`: no sync)",
-         read_by="services/sagemaker_local"),
-    Knob("MODEL_SERVER_MAX_QUEUE", "256",
-         "requests the model server queues before answering 503", read_by="services/model_server"),
-    Knob("MODEL_SERVER_MAX_IMAGE_PIXELS", "4194304",
-         "largest image (pixels) the model server decodes; larger: 400",
-         read_by="services/model_server"),
-    Knob("SCONES_LOCALSTACK_PYTHON", "",
-         "Python >= 3.12 for `BACKEND=localstack-host` (default: the first found)",
-         read_by="services/localstack_host", shown_default="(python3.13/3.12, pyenv)"),
+    Knob("LOCAL_AWS_LAMBDA_CONCURRENCY", "16", "most concurrent executions (warm workers) per function", read_by=EMULATOR),
+    Knob("LOCAL_AWS_LAMBDA_IDLE_TIMEOUT", "300", "seconds an idle Lambda environment is kept warm (a laptop's default; AWS keeps them ~5-15 min; provisioned ones stay)", read_by=EMULATOR),
+    Knob("LOCAL_AWS_LAMBDA_ISOLATION", "1", "`0` lets Lambda code import the whole venv (AWS offers only boto3)", read_by=EMULATOR),
+    Knob("LOCAL_AWS_LOG_LEVEL", "INFO", "emulator log level", read_by=EMULATOR),
+    Knob("LOCAL_AWS_SFN_SPEEDUPS", "1", "`0`: moto's Step Functions interpreter exactly as shipped", read_by=EMULATOR),
+    Knob("LOCAL_AWS_LAMBDA_PENDING_S", "0.2", "seconds a new function stays `Pending`, as on AWS (`0`: Active at once)", read_by=EMULATOR),
+    Knob("LOCAL_AWS_SFN_TIME_SCALE", "1", "factor on Step Functions Wait/Retry intervals", read_by=EMULATOR),
+    Knob("LOCAL_AWS_PERSIST", "1", "`0`: the emulator keeps its state in memory only (lost at `make down`)", read_by=EMULATOR),
+    Knob("LOCAL_AWS_IAM_ENFORCE", "1", "`0`: IAM policies are not enforced for calls made with role credentials", read_by=EMULATOR),
+    Knob("LOCAL_AWS_LAMBDA_ACCOUNT_CONCURRENCY", "64", "account-level Lambda concurrency limit (beyond it: `TooManyRequestsException`)", read_by=EMULATOR),
+    Knob("LOCAL_AWS_LAMBDA_MAX_ENVIRONMENTS", "64", "most warm Lambda environments in total (least recently used idle ones reaped)", read_by=EMULATOR),
+    Knob("LOCAL_AWS_LAMBDA_FORK_SERVER", "1", "`0`: start each Lambda environment as a fresh interpreter instead of a fork", read_by=EMULATOR),
+    Knob("LOCAL_AWS_LAMBDA_RETRY_DELAY_SCALE", "1.0", "factor on the 1 and 2 minute retry delays of `InvocationType=Event`", read_by=EMULATOR),
+    Knob("SCONES_ALLOWED_ORIGINS", "", "browser origins allowed to call the local services (comma-separated; none by default)", read_by=BROWSER_GUARD),
+    Knob("SCONES_ALLOWED_HOSTS", "", "extra Host names the local services answer (beyond localhost, 127.0.0.1, [::1])", read_by=BROWSER_GUARD),
+    Knob("SAGEMAKER_LOCAL_ACCOUNT_ID", "", "account of sagemaker-local when STS cannot be asked (else STS decides)", read_by=SAGEMAKER_LOCAL, shown_default="(from STS)"),
+    Knob("SAGEMAKER_LOCAL_STOP_GRACE_S", "120", "seconds between SIGTERM and SIGKILL when a training job is stopped (AWS: 120)", read_by=SAGEMAKER_LOCAL),
+    Knob("SAGEMAKER_LOCAL_CAPTURE_SYNC_SECONDS", "0.1", "most seconds a captured record waits for fdatasync (`0`: no sync)", read_by=SAGEMAKER_LOCAL),
+    Knob("MODEL_SERVER_MAX_QUEUE", "256", "requests the model server queues before answering 503", read_by=MODEL_SERVER),
+    Knob("MODEL_SERVER_MAX_IMAGE_PIXELS", "4194304", "largest image (pixels) the model server decodes; larger: 400", read_by=MODEL_SERVER),
+    Knob("SCONES_LOCALSTACK_PYTHON", "", "Python >= 3.12 for `BACKEND=localstack-host` (default: the first found)", read_by=LOCALSTACK_HOST, shown_default="(python3.13/3.12, pyenv)"),
     Knob("SCONES_STATE_DIR", ".state", "everything a run writes (git-ignored)"),
     Knob("AWS_DEFAULT_REGION", "us-east-1", "region of the deployment"),
-    Knob("SCONES_BUCKET", "", "the workflow's bucket",
-         shown_default="`scones-unlimited-<account>-<region>`"),
+    Knob("SCONES_BUCKET", "", "the workflow's bucket", shown_default="`scones-unlimited-<account>-<region>`"),
     Knob("SCONES_DATA_PREFIX", "cifar100", "S3 prefix of the staged dataset"),
     Knob("SCONES_CLASSES", "bicycle,motorcycle", "class subset (`all` = 100 classes)"),
-    Knob("SCONES_CIFAR_SOURCE", "", "path or URL of the official `cifar-100-python.tar.gz`",
-         shown_default="(synthetic)"),
+    Knob("SCONES_CIFAR_SOURCE", "", "path or URL of the official `cifar-100-python.tar.gz`", shown_default="(synthetic)"),
     Knob("SCONES_ENDPOINT_NAME", "scones-image-classifier", "SageMaker endpoint name"),
     Knob("SCONES_THRESHOLD", "0.93", "confidence threshold of the filter Lambda"),
     Knob("SCONES_MIN_VAL_ACCURACY", "0.80", "training's validation-accuracy gate"),
@@ -122,19 +91,17 @@ KNOBS: tuple[Knob, ...] = (
     Knob("SCONES_ROWS_TRAIN", "0", "synthetic archive training rows (`0`: 50000)"),
     Knob("SCONES_ROWS_TEST", "0", "synthetic archive test rows (`0`: 10000)"),
     Knob("SCONES_LAMBDA_RUNTIME", "python3.12", "declared Lambda runtime"),
+    Knob("SCONES_PROVISIONED_CONCURRENCY", "auto", "provisioned environments per workflow function, behind its `live` alias: `auto` = 4 on the local stack (profile `local`), 0 elsewhere (on AWS it is billed while configured); a number sets it on any target"),
     Knob("SCONES_TRAINING_INSTANCE", "ml.m5.xlarge", "training instance type"),
     Knob("SCONES_ENDPOINT_INSTANCE", "ml.m5.large", "endpoint instance type"),
     Knob("SCONES_TRAINING_IMAGE", "", "training image URI override", shown_default="(image_uris)"),
-    Knob("SCONES_SERVING_IMAGE", "", "serving image URI override",
-         shown_default="(content-addressed ECR URI)"),
+    Knob("SCONES_SERVING_IMAGE", "", "serving image URI override", shown_default="(content-addressed ECR URI)"),
     Knob("SCONES_CAPTURE_PERCENTAGE", "100", "data capture sampling percentage"),
     Knob("SCONES_WAITER_DELAY", "2", "seconds between waiter polls during the deploy"),
     Knob("SCONES_CASES", "50", "test cases run by `make demo`"),
-    Knob("DEPLOY", "1", "`make up DEPLOY=0` starts the stack without deploying",
-         read_by="Makefile"),
-    Knob("PYTEST_ARGS", "", "extra pytest options for `make test`", read_by="Makefile"),
-    Knob("BENCHMARKS", "", "which benchmarks `make bench` runs", read_by="Makefile",
-         shown_default="all four"),
+    Knob("DEPLOY", "1", "`make up DEPLOY=0` starts the stack without deploying", read_by=MAKEFILE),
+    Knob("PYTEST_ARGS", "", "extra pytest options for `make test`", read_by=MAKEFILE),
+    Knob("BENCHMARKS", "", "which benchmarks `make bench` runs", read_by=MAKEFILE, shown_default="all four"),
 )  # fmt: skip
 _BY_VARIABLE = {knob.variable: knob for knob in KNOBS}
 
@@ -192,6 +159,8 @@ class Settings:
     rows_train: int = _knob(_int, "SCONES_ROWS_TRAIN")
     rows_test: int = _knob(_int, "SCONES_ROWS_TEST")
     lambda_runtime: str = _knob(_text, "SCONES_LAMBDA_RUNTIME")
+    # "auto" or a whole number; resolved by the deploy's functions step (it knows the target).
+    provisioned_concurrency: str = _knob(_text, "SCONES_PROVISIONED_CONCURRENCY")
     training_instance: str = _knob(_text, "SCONES_TRAINING_INSTANCE")
     endpoint_instance: str = _knob(_text, "SCONES_ENDPOINT_INSTANCE")
     training_image: str = _knob(_text, "SCONES_TRAINING_IMAGE")

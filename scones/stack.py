@@ -31,9 +31,12 @@ from typing import IO, cast
 
 from scones.settings import REPO_ROOT, Settings, SettingsError, load, variable_of
 from services.local_aws.profile import write_profile
+from services.service_process import spawn_logged
 
 READY_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 20.0
+# Services are ready in ~0.2-1 s: a coarser poll would add up to its period to every start.
+READY_POLL_S = 0.02
 
 
 class StackError(RuntimeError):
@@ -57,17 +60,7 @@ def start_service(
     env: dict[str, str] | None = None,
 ) -> subprocess.Popen[bytes]:
     """`python -m module args...` in its own session (a process group), output to `log_path`."""
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(log_path, "ab") as log:
-        return subprocess.Popen(
-            [sys.executable, "-m", module, *args],
-            cwd=REPO_ROOT,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+    return spawn_logged([sys.executable, "-m", module, *args], log_path, REPO_ROOT, env)
 
 
 def health(url: str) -> dict[str, object] | None:
@@ -107,7 +100,7 @@ def wait_for_health(
             )
         if time.monotonic() > deadline:
             raise StackError(f"{url} not ready after {timeout_s:.0f}s; see {log_path}")
-        time.sleep(0.05)
+        time.sleep(READY_POLL_S)
 
 
 def wait_for_file(
@@ -119,7 +112,7 @@ def wait_for_file(
         if process.poll() is not None or time.monotonic() > deadline:
             stop_process_group(process)
             raise StackError(f"{process.args!r} did not start; see {log_path}:\n{tail(log_path)}")
-        time.sleep(0.05)
+        time.sleep(READY_POLL_S)
 
 
 def stop_process_group(process: subprocess.Popen[bytes], timeout: float = 15.0) -> None:
@@ -246,6 +239,7 @@ def services(settings: Settings) -> list[Service]:
             "/_local_aws/health",
             "local_aws_port",
             (
+                "--preload",  # sagemaker-local's STS call and the deploy follow at once
                 "--lambda-env",
                 f"AWS_ENDPOINT_URL_SAGEMAKER={sagemaker_url}",
                 "--lambda-env",
@@ -278,17 +272,29 @@ def profile_env(settings: Settings) -> dict[str, str]:
 
 
 def up(settings: Settings) -> None:
-    """Start every service that is not running, wait until healthy, write the profile."""
+    """Start every service that is not running, wait until healthy, write the profile.
+
+    Every service is checked before any starts; those to start are started together and then
+    waited for (sagemaker-local retries STS until the emulator answers).
+    """
     state_dir = settings.state_dir
     with state_lock(state_dir):
         env = {**os.environ, **profile_env(settings)}
         for name in [n for n in env if n.startswith("AWS_ENDPOINT_URL")]:
             del env[name]  # the profile decides, nothing else
-        for service in services(settings):
-            _up_one(service, state_dir, env)
+        to_start = [s for s in services(settings) if not _running(s, state_dir)]
+        starting = [_launch(service, state_dir, env) for service in to_start]
+        for index, launched in enumerate(starting):
+            try:
+                launched.wait()
+            except StackError:
+                for later in starting[index + 1 :]:  # e.g. sagemaker-local waiting on STS
+                    later.abandon()
+                raise
 
 
-def _up_one(service: Service, state_dir: Path, env: dict[str, str]) -> None:
+def _running(service: Service, state_dir: Path) -> bool:
+    """Whether `service` already runs here and answers; raise when it cannot be started."""
     pid_file, log_file = _paths(state_dir, service)
     record = PidRecord.read(pid_file)
     if record and record.alive():
@@ -301,7 +307,7 @@ def _up_one(service: Service, state_dir: Path, env: dict[str, str]) -> None:
             )
         if health(service.url + service.health_path) is not None:
             print(f"  {service.name:16} already running  pid {pid:<7} {service.url}")
-            return
+            return True
         raise StackError(
             f"{service.name} (pid {pid}) runs but does not answer {service.url}; "
             f"see {log_file}, or make down"
@@ -317,6 +323,42 @@ def _up_one(service: Service, state_dir: Path, env: dict[str, str]) -> None:
             f"  or choose another port, e.g. make up "
             f"{variable_of(service.port_setting)}={service.port + 100}"
         )
+    return False
+
+
+@dataclass
+class _Launched:
+    """A service started by `up`, not yet known to be healthy."""
+
+    service: Service
+    process: subprocess.Popen[bytes]
+    pid_file: Path
+    log_file: Path
+    started: float
+
+    def wait(self) -> None:
+        """Wait for its health; stopped and its pid file removed when it does not come up."""
+        try:
+            wait_for_health(
+                self.service.url + self.service.health_path, self.process, self.log_file
+            )
+        except StackError:
+            self.abandon()
+            raise
+        elapsed = time.monotonic() - self.started
+        print(
+            f"  {self.service.name:16} ready in {elapsed:4.1f}s   pid {self.process.pid:<7} "
+            f"{self.service.url}"
+        )
+
+    def abandon(self) -> None:
+        """Stop it and forget it (its pid file removed)."""
+        self.pid_file.unlink(missing_ok=True)
+        stop_process_group(self.process)
+
+
+def _launch(service: Service, state_dir: Path, env: dict[str, str]) -> _Launched:
+    pid_file, log_file = _paths(state_dir, service)
     started = time.monotonic()
     args = ["--port", str(service.port), "--state-dir", str(state_dir / service.name)]
     process = start_service(service.module, [*args, *service.args], log_file, env)
@@ -327,14 +369,7 @@ def _up_one(service: Service, state_dir: Path, env: dict[str, str]) -> None:
         launched = cast("list[str]", process.args)  # start_service passes a list
         identity = replace(forked, cmdline=tuple(launched))
         PidRecord(identity, service.url).write(pid_file)
-    try:
-        wait_for_health(service.url + service.health_path, process, log_file)
-    except StackError:
-        pid_file.unlink(missing_ok=True)
-        stop_process_group(process)
-        raise
-    elapsed = time.monotonic() - started
-    print(f"  {service.name:16} ready in {elapsed:4.1f}s   pid {process.pid:<7} {service.url}")
+    return _Launched(service, process, pid_file, log_file, started)
 
 
 def _signal_group(pid: int, signum: int) -> None:

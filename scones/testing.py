@@ -3,6 +3,8 @@
 `start_local_aws` and `start_local_stack` start the real processes (through `scones.stack`) in
 a given folder and return once they answer; `selected_profile` points boto3 at them for a
 while. The caller always stops what it started (`scones.stack.stop_process_group`).
+Beside it: `testing_functions` (Lambdas from source), `testing_models` (tiny models),
+`testing_sagemaker` (a runtime stand-in, AWS's capture format), `testing_deploy` (a small deploy).
 """
 
 from __future__ import annotations
@@ -10,14 +12,11 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import re
 import subprocess
-import threading
 import time
 import uuid
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +29,7 @@ from scones.stack import (
     wait_for_file,
     wait_for_health,
 )
+from scones.testing_functions import create_function
 from scones.workflow_functions import HANDLER, WORKFLOW_FUNCTIONS
 from services.local_aws.profile import write_profile
 from statemachine.definition import render_for_functions
@@ -74,14 +74,24 @@ class LocalAws:
         )
 
 
-def start_local_aws(state_dir: Path, extra_args: list[str] | None = None) -> LocalAws:
-    """Start `python -m services.local_aws` on a port it picks; return once healthy."""
+def start_local_aws(
+    state_dir: Path,
+    extra_args: list[str] | None = None,
+    environment: Mapping[str, str] | None = None,
+) -> LocalAws:
+    """Start `python -m services.local_aws` on a port it picks; return once healthy.
+
+    `environment`: variables set for the emulator on top of this process's (e.g. its knobs).
+    """
     state_dir.mkdir(parents=True, exist_ok=True)
     ready_file = state_dir / "local_aws.ready.json"
     ready_file.unlink(missing_ok=True)
     log_path = state_dir / "local_aws.log"
     args = ["--port", "0", "--state-dir", str(state_dir), "--ready-file", str(ready_file)]
-    process = start_service("services.local_aws", [*args, *(extra_args or [])], log_path)
+    process_env = {**os.environ, **environment} if environment else None
+    process = start_service(
+        "services.local_aws", [*args, *(extra_args or [])], log_path, process_env
+    )
     wait_for_file(ready_file, process, log_path, READY_TIMEOUT_S)
     endpoint_url = json.loads(ready_file.read_text())["endpoint_url"]
     try:
@@ -91,6 +101,21 @@ def start_local_aws(state_dir: Path, extra_args: list[str] | None = None) -> Loc
         raise
     env = write_profile(state_dir / "profile", endpoint_url)
     return LocalAws(endpoint_url, state_dir, env, process, log_path)
+
+
+@contextlib.contextmanager
+def running_local_aws(
+    state_dir: Path,
+    extra_args: list[str] | None = None,
+    environment: Mapping[str, str] | None = None,
+) -> Iterator[LocalAws]:
+    """An emulator of its own, its profile selected in os.environ (no stray keys), then stopped."""
+    emulator = start_local_aws(state_dir, extra_args, environment)
+    try:
+        with selected_profile(emulator.env, hide=("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")):
+            yield emulator
+    finally:
+        stop_process_group(emulator.process)
 
 
 @dataclass
@@ -137,6 +162,16 @@ def start_local_stack(state_dir: Path) -> LocalStack:
     return LocalStack(aws, sagemaker_url, sagemaker, env, state_dir)
 
 
+# What a browser may send to a local service from another site (refused: 403), and what a plain
+# client sends (200): DNS rebinding shows as a foreign Host.
+BROWSER_REQUESTS: list[tuple[dict[str, str], int]] = [
+    ({"Origin": "http://evil.example"}, 403),
+    ({"Host": "evil.example:4570"}, 403),
+    ({"Sec-Fetch-Site": "cross-site"}, 403),
+    ({}, 200),
+]
+
+
 def reset_boto3() -> None:
     """Forget boto3's default session: it caches the config file of the profile it first saw."""
     import boto3
@@ -165,71 +200,6 @@ def selected_profile(env: dict[str, str], hide: tuple[str, ...] = ()) -> Iterato
                 os.environ[name] = value
         os.environ.update(hidden)
         reset_boto3()
-
-
-class SageMakerRuntimeStandIn:
-    """`POST /endpoints/{name}/invocations` on a free port, answering per endpoint name.
-
-    Answers are `(status, headers, body)`; an unknown endpoint gets AWS's ValidationError.
-    Every request is recorded as `(endpoint, content_type, accept, body)`.
-    """
-
-    def __init__(self) -> None:
-        self.answers: dict[str, tuple[int, dict[str, str], bytes]] = {}
-        self.requests: list[tuple[str, str, str, bytes]] = []
-        stand_in = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
-            def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
-                match = re.fullmatch(r"/endpoints/([^/]+)/invocations", self.path)
-                name = match.group(1) if match else ""
-                stand_in.requests.append(
-                    (name, self.headers["Content-Type"], self.headers["Accept"], body)
-                )
-                status, headers, payload = stand_in.answers.get(name) or error_answer(
-                    400, "ValidationError", f"Endpoint {name} of account 123456789012 not found."
-                )
-                self.send_response(status)
-                for key, value in {**headers, "Content-Length": str(len(payload))}.items():
-                    self.send_header(key, value)
-                self.end_headers()
-                self.wfile.write(payload)
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-
-    def answer_json(self, endpoint: str, value: Any) -> None:
-        """Let `endpoint` answer 200 with `value` as JSON."""
-        headers = {"Content-Type": "application/json", "x-Amzn-Invoked-Production-Variant": "v1"}
-        self.answers[endpoint] = (200, headers, json.dumps(value).encode())
-
-    def answer_error(
-        self, endpoint: str, status: int, code: str, message: str, **fields: Any
-    ) -> None:
-        """Let `endpoint` answer with an AWS error."""
-        self.answers[endpoint] = error_answer(status, code, message, **fields)
-
-    def __enter__(self) -> SageMakerRuntimeStandIn:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-        self.thread.join(timeout=5)
-
-
-def error_answer(
-    status: int, code: str, message: str, **fields: Any
-) -> tuple[int, dict[str, str], bytes]:
-    """An AWS rest-json error response, shaped as SageMaker runtime sends it."""
-    headers = {"Content-Type": "application/json", "x-amzn-ErrorType": f"{code}:http://internal"}
-    return status, headers, json.dumps({"Message": message, **fields}).encode()
 
 
 @dataclass
@@ -284,19 +254,14 @@ def create_workflow(
     functions = {}
     for function in WORKFLOW_FUNCTIONS:
         zip_bytes, _ = build_zip(function.folder)
-        functions[function.folder] = lam.create_function(
-            FunctionName=f"{function.folder}-{suffix}",
-            Runtime="python3.11",
-            Role=role,
-            Handler=HANDLER,
-            Code={"ZipFile": zip_bytes},
+        functions[function.folder] = create_function(
+            lam,
+            f"{function.folder}-{suffix}",
+            zip_bytes,
+            role,
+            handler=HANDLER,
             Timeout=timeout_s,
             Environment={"Variables": dict(environments.get(function.folder, {}))},
-        )
-        # A new function is Pending for a moment, as on AWS: invoke it once Active.
-        lam.get_waiter("function_active_v2").wait(
-            FunctionName=functions[function.folder]["FunctionArn"],
-            WaiterConfig={"Delay": 1, "MaxAttempts": 60},
         )
     machine = boto3.client("stepfunctions").create_state_machine(
         name=f"image-classification-{suffix}",
@@ -306,25 +271,90 @@ def create_workflow(
     return Workflow(machine, role, functions)
 
 
+class StateMachines:
+    """Clients on one emulator, selected by its own profile (no process-wide state).
+
+    State machines are created with one role that may invoke any function (IAM is enforced:
+    they sign their Lambda calls with it); functions are created once per name.
+    """
+
+    def __init__(self, emulator: LocalAws, prefix: str) -> None:
+        self.emulator = emulator
+        self.session = emulator.session()
+        self.sfn = self.session.client("stepfunctions")
+        self.lam = self.session.client("lambda")
+        self.role = invoking_role(self.session, prefix)
+        self.functions: dict[str, str] = {}
+
+    def function(self, name: str, code: str | bytes, timeout: int = 10) -> str:
+        """The ARN of the function `name` running `code` (created and waited Active once)."""
+        if name not in self.functions:
+            created = create_function(self.lam, name, code, self.role, Timeout=timeout)
+            self.functions[name] = created["FunctionArn"]
+        return self.functions[name]
+
+    def machine(self, asl: dict[str, Any], kind: str = "STANDARD") -> str:
+        """A new state machine of `kind` running `asl`; its ARN."""
+        return create_machine(self.sfn, asl, self.role, kind)
+
+    def run(self, machine: str | dict[str, Any], execution_input: Any) -> dict[str, Any]:
+        """One execution of `machine` (an ARN, or ASL to create one from), waited for."""
+        arn = machine if isinstance(machine, str) else self.machine(machine)
+        return run_execution(self.sfn, arn, execution_input)
+
+
+def create_machine(sfn: Any, asl: dict[str, Any], role_arn: str, kind: str = "STANDARD") -> str:
+    """A new state machine (a random name) of `kind` running `asl` with `role_arn`; its ARN."""
+    arn: str = sfn.create_state_machine(
+        name=f"m-{uuid.uuid4().hex[:10]}", definition=json.dumps(asl), roleArn=role_arn, type=kind
+    )["stateMachineArn"]
+    return arn
+
+
 def run_execution(
-    sfn: Any, machine_arn: str, execution_input: Any, name: str | None = None
+    sfn: Any,
+    machine_arn: str,
+    execution_input: Any,
+    name: str | None = None,
+    timeout_s: float = 60.0,
 ) -> dict[str, Any]:
     """Start an execution and wait until it finishes: `finished_execution`."""
     start = {"stateMachineArn": machine_arn, "input": json.dumps(execution_input)}
     if name is not None:
         start["name"] = name
-    return finished_execution(sfn, sfn.start_execution(**start)["executionArn"])
+    return finished_execution(sfn, sfn.start_execution(**start)["executionArn"], timeout_s)
 
 
-def finished_execution(sfn: Any, execution_arn: str) -> dict[str, Any]:
-    """Wait (60 s at most) until an execution leaves RUNNING; its description and its events."""
-    deadline = time.monotonic() + 60
+def finished_execution(sfn: Any, execution_arn: str, timeout_s: float = 60.0) -> dict[str, Any]:
+    """Wait until an execution leaves RUNNING; its description and its events."""
+    deadline = time.monotonic() + timeout_s
     while (described := sfn.describe_execution(executionArn=execution_arn))["status"] == "RUNNING":
-        assert time.monotonic() < deadline, "execution did not finish"
+        assert time.monotonic() < deadline, f"execution {execution_arn} did not finish"
         time.sleep(0.02)
     described["events"] = sfn.get_execution_history(executionArn=execution_arn)["events"]
     result: dict[str, Any] = described
     return result
+
+
+INVOKE_ANY_FUNCTION = {"Effect": "Allow", "Action": "lambda:InvokeFunction", "Resource": "*"}
+
+
+def service_role(
+    iam: Any,
+    prefix: str,
+    statements: list[dict[str, Any]],
+    services: tuple[str, ...] = ("lambda.amazonaws.com", "states.amazonaws.com"),
+) -> str:
+    """A role `services` may assume, named `<prefix>-<random>`, allowed `statements`; its ARN.
+
+    IAM is enforced on role credentials, as on AWS: give the role what its callers use.
+    """
+    name = f"{prefix}-{uuid.uuid4().hex[:8]}"
+    arn: str = iam.create_role(RoleName=name, AssumeRolePolicyDocument=trust(*services))["Role"][
+        "Arn"
+    ]
+    iam.put_role_policy(RoleName=name, PolicyName="permissions", PolicyDocument=policy(statements))
+    return arn
 
 
 def invoking_role(session: Any, prefix: str) -> str:
@@ -332,17 +362,4 @@ def invoking_role(session: Any, prefix: str) -> str:
 
     With IAM enforced, state machines sign their Lambda calls with their role.
     """
-    iam = session.client("iam")
-    name = f"{prefix}-{uuid.uuid4().hex[:8]}"
-    arn: str = iam.create_role(
-        RoleName=name,
-        AssumeRolePolicyDocument=trust("lambda.amazonaws.com", "states.amazonaws.com"),
-    )["Role"]["Arn"]
-    iam.put_role_policy(
-        RoleName=name,
-        PolicyName="invoke",
-        PolicyDocument=policy(
-            [{"Effect": "Allow", "Action": "lambda:InvokeFunction", "Resource": "*"}]
-        ),
-    )
-    return arn
+    return service_role(session.client("iam"), prefix, [INVOKE_ANY_FUNCTION])

@@ -9,13 +9,11 @@ from __future__ import annotations
 
 import contextlib
 import http.client
-import importlib.util
 import io
 import json
 import os
 import signal
 import subprocess
-import sys
 import tarfile
 import textwrap
 import time
@@ -27,12 +25,12 @@ from types import ModuleType
 from typing import Any
 
 import boto3
-import numpy as np
 import pytest
-import torch
 from botocore.config import Config
-from PIL import Image
 
+from scones.stack import start_service, wait_for_health
+from scones.testing_models import import_file, tiny_inference_py, write_tiny_model
+from scones.testing_models import png_bytes as png_bytes  # re-exported for the test modules
 from services.local_aws.profile import write_profile
 from tests.conftest import free_port, selected_profile
 
@@ -46,42 +44,15 @@ ROLE = "arn:aws:iam::123456789012:role/sagemaker-local-test"
 WAIT = {"Delay": 1, "MaxAttempts": 120}
 MAX_PAYLOAD = 6_291_456
 
-INFERENCE_PY = textwrap.dedent(
+INFERENCE_PY = tiny_inference_py(
     """
-    import io
-    import json
-    from pathlib import Path
-
-    import numpy as np
-    import torch
-    from PIL import Image
-    from torch import nn
-
-
-    class TinyNet(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.conv = nn.Conv2d(3, 4, 3, padding=1)
-            self.fc = nn.Linear(4, 3)
-
-        def forward(self, x):
-            return self.fc(torch.relu(self.conv(x)).mean(dim=(2, 3)))
-
-
     def model_fn(model_dir):
         torch.set_num_threads(1)
-        model = TinyNet()
-        model.load_state_dict(torch.load(Path(model_dir) / "model.pth", weights_only=True))
-        return model.eval()
+        return build_model(model_dir)
 
 
     def input_fn(body, content_type):
-        try:
-            image = Image.open(io.BytesIO(body)).convert("RGB")
-        except Exception as exc:
-            raise ValueError(f"cannot decode the image: {exc}") from exc
-        array = np.asarray(image, dtype=np.float32) / 255.0
-        return torch.from_numpy(array).permute(2, 0, 1).unsqueeze(0)
+        return decode_image(body)
 
 
     def predict_fn(data, model):
@@ -159,32 +130,9 @@ def wait_for(predicate: Callable[[], Any], what: str, deadline_s: float = DEADLI
     raise AssertionError(f"timed out waiting for {what}")
 
 
-def pid_alive(pid: int) -> bool:
-    """Whether a process exists (and is not a zombie)."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().split(") ", 1)[1][0] != "Z"
-    except (OSError, IndexError):
-        return False
-
-
-def png_bytes(seed: int, size: int = 32) -> bytes:
-    """A random RGB PNG."""
-    pixels = np.random.default_rng(seed).integers(0, 256, (size, size, 3), dtype=np.uint8)
-    buffer = io.BytesIO()
-    Image.fromarray(pixels).save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
 def load_inference(model_dir: Path) -> ModuleType:
     """The tiny model's inference.py, imported in the test process."""
-    spec = importlib.util.spec_from_file_location(
-        f"sm_local_inference_{uuid.uuid4().hex}", model_dir / "code" / "inference.py"
-    )
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return import_file(model_dir / "code" / "inference.py")
 
 
 def tar_gz(members: dict[str, bytes]) -> bytes:
@@ -230,31 +178,28 @@ class SageMakerLocal:
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
-        """Start and wait for /_health."""
+        """Start (in a process group of its own) and wait for /_health."""
         self.state_dir.mkdir(parents=True, exist_ok=True)
-        with open(self.log_path, "ab") as log_file:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "services.sagemaker_local", "--port", str(self.port),
-                 "--state-dir", str(self.state_dir)],
-                cwd=REPO_ROOT, env=self.env, stdout=log_file, stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )  # fmt: skip
-        wait_for(self._healthy, f"sagemaker-local /_health\n{self.log()}")
+        args = ["--port", str(self.port), "--state-dir", str(self.state_dir)]
+        self.process = start_service("services.sagemaker_local", args, self.log_path, self.env)
+        wait_for_health(f"{self.url}/_health", self.process, self.log_path, DEADLINE_S)
 
-    def _healthy(self) -> bool:
-        assert self.process is not None
-        assert self.process.poll() is None, f"sagemaker-local exited:\n{self.log()}"
-        with (
-            contextlib.suppress(OSError),
-            urllib.request.urlopen(f"{self.url}/_health", timeout=1) as response,
-        ):
-            return response.status == 200
-        return False
+    def __enter__(self) -> SageMakerLocal:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
 
     def health(self) -> dict[str, Any]:
         """What /_health reports."""
         with urllib.request.urlopen(f"{self.url}/_health", timeout=5) as response:
             return json.loads(response.read())
+
+    def server(self, endpoint: str, variant: str = "AllTraffic") -> dict[str, Any]:
+        """What /_health reports of one variant's model server (pid, port, ...)."""
+        served: dict[str, Any] = self.health()["endpoints"][endpoint]["variants"][variant]
+        return served
 
     def log(self) -> str:
         """The process log so far."""
@@ -297,16 +242,10 @@ def sagemaker_local(
     profile: dict[str, Any], tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[SageMakerLocal]:
     """One sagemaker-local for the module, stopped at the end."""
-    service = SageMakerLocal(
-        tmp_path_factory.mktemp("sm_state"),
-        profile["port"],
-        process_env(SAGEMAKER_LOCAL_CAPTURE_FLUSH_SECONDS="1", SAGEMAKER_LOCAL_STOP_GRACE_S="2"),
-    )
-    service.start()
-    try:
+    state_dir = tmp_path_factory.mktemp("sm_state")
+    env = process_env(SAGEMAKER_LOCAL_CAPTURE_FLUSH_SECONDS="1", SAGEMAKER_LOCAL_STOP_GRACE_S="2")
+    with SageMakerLocal(state_dir, profile["port"], env) as service:
         yield service
-    finally:
-        service.stop()
 
 
 @pytest.fixture(scope="module")
@@ -321,11 +260,7 @@ def bucket(local_aws: Any) -> str:
 def tiny_model(bucket: str, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """The tiny model as a directory and as s3://.../model.tar.gz."""
     model_dir = tmp_path_factory.mktemp("tiny_model")
-    (model_dir / "code").mkdir()
-    (model_dir / "code" / "inference.py").write_text(INFERENCE_PY)
-    module = load_inference(model_dir)
-    torch.manual_seed(0)
-    torch.save(module.TinyNet().state_dict(), model_dir / "model.pth")
+    module = write_tiny_model(model_dir, INFERENCE_PY)
     archive = model_dir.parent / f"{model_dir.name}.tar.gz"
     with tarfile.open(archive, "w:gz") as tar:
         tar.add(model_dir / "model.pth", arcname="model.pth")
@@ -386,6 +321,19 @@ def create_endpoint(
         config["DataCaptureConfig"] = capture
     client.create_endpoint_config(**config)
     client.create_endpoint(EndpointName=name, EndpointConfigName=name)
+
+
+def endpoint_in_service(name: str, model_uri: str, **settings: Any) -> None:
+    """`create_endpoint`, then wait until the endpoint is InService."""
+    create_endpoint(name, model_uri, **settings)
+    sm().get_waiter("endpoint_in_service").wait(EndpointName=name, WaiterConfig=WAIT)
+
+
+def serving_endpoint(prefix: str, model_uri: str) -> str:
+    """A new endpoint `<prefix>-<random>` serving `model_uri`, InService; its name."""
+    name = f"{prefix}-{uuid.uuid4().hex[:6]}"
+    endpoint_in_service(name, model_uri)
+    return name
 
 
 def training_job(

@@ -4,20 +4,16 @@ the training entry point on a tiny job folder, and the serving hooks it ships in
 
 from __future__ import annotations
 
-import importlib.util
 import io
 import json
 import re
 import struct
-import sys
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
-import numpy as np
 import pytest
-from PIL import Image
 
+from scones.testing_models import coloured_png, import_file
 from services.sagemaker_local.algorithms.image_classification import (
     METRIC_DEFINITIONS,
     data,
@@ -31,17 +27,6 @@ from services.sagemaker_local.algorithms.image_classification.hyperparameters im
 )
 
 REQUIRED = {"num_classes": "2", "num_training_samples": "40"}
-COLOURS = ((220, 40, 40), (40, 60, 220))  # class 0 red-ish, class 1 blue-ish
-
-
-def png(label: int, seed: int, size: int = 16) -> bytes:
-    """A noisy image whose colour tells its class."""
-    rng = np.random.default_rng(seed)
-    base = np.array(COLOURS[label], dtype=np.int16)
-    pixels = np.clip(base + rng.integers(-40, 40, (size, size, 3)), 0, 255).astype(np.uint8)
-    buffer = io.BytesIO()
-    Image.fromarray(pixels).save(buffer, format="PNG")
-    return buffer.getvalue()
 
 
 def image_job(root: Path, per_class: int = 20, lst_channel: bool = True, **hps: str) -> Path:
@@ -55,7 +40,7 @@ def image_job(root: Path, per_class: int = 20, lst_channel: bool = True, **hps: 
         for i in range(2 * per_class):
             label = i % 2
             (images / "img").mkdir(exist_ok=True)
-            (images / "img" / f"{i}.png").write_bytes(png(label, offset + i))
+            (images / "img" / f"{i}.png").write_bytes(coloured_png(label, offset + i))
             lines.append(f"{i}\t{label}\timg/{i}.png")
         (lst_dir / f"{split}.lst").write_text("\n".join(lines) + "\n")
     config = root / "input" / "config"
@@ -67,16 +52,6 @@ def image_job(root: Path, per_class: int = 20, lst_channel: bool = True, **hps: 
         json.dumps({c: {"ContentType": "application/x-image"} for c in channels})
     )
     return root
-
-
-def load_module(path: Path) -> ModuleType:
-    """Import a served model's code/inference.py by path, as the model server does."""
-    spec = importlib.util.spec_from_file_location(f"served_{abs(hash(path))}", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 # -- hyperparameters ----------------------------------------------------------------------------
@@ -250,7 +225,7 @@ def test_lst_refusals(tmp_path: Path, line: str, why: str) -> None:
 
 def test_lst_paths_stay_inside_the_channel(tmp_path: Path) -> None:
     root = image_job(tmp_path / "job", per_class=2)
-    (tmp_path / "secret.png").write_bytes(png(0, 1))
+    (tmp_path / "secret.png").write_bytes(coloured_png(0, 1))
     lst = root / "input" / "data" / "train_lst" / "train.lst"
     lst.write_text("0\t0\t../../../../secret.png\n")
     with pytest.raises(data.DataError, match="outside the channel"):
@@ -303,17 +278,19 @@ def test_training_writes_a_servable_model(
     assert json.loads((model_dir / "model-shapes.json").read_text()) == [
         {"shape": [1, 3, 16, 16], "name": "data"}
     ]
-    served = load_module(model_dir / "code" / "inference.py")
+    served = import_file(model_dir / "code" / "inference.py")
     model = served.model_fn(str(model_dir))
     for label in (0, 1):
-        batch = served.input_fn(png(label, 99 + label, size=40), "image/png")  # resized
+        batch = served.input_fn(coloured_png(label, 99 + label, size=40), "image/png")  # resized
         body, content_type = served.output_fn(served.predict_fn(batch, model), "*/*")
         probabilities = json.loads(body)
         assert content_type == "application/json"
         assert isinstance(probabilities, list) and len(probabilities) == 2
         assert sum(probabilities) == pytest.approx(1.0, abs=1e-5)
         assert probabilities.index(max(probabilities)) == label
-    prediction = served.predict_fn(served.input_fn(png(1, 5), "application/x-image"), model)
+    prediction = served.predict_fn(
+        served.input_fn(coloured_png(1, 5), "application/x-image"), model
+    )
     body, content_type = served.output_fn(prediction, "application/jsonlines; verbose=true")
     record = json.loads(body)
     assert content_type == "application/jsonlines"
@@ -340,7 +317,10 @@ def test_recordio_input_and_lst_inside_the_image_channel(tmp_path: Path) -> None
         with (channel / f"{split}.rec").open("wb") as stream:
             recordio.write_image_records(
                 stream,
-                (recordio.ImageRecord((float(i % 2),), i, png(i % 2, i)) for i in range(12)),
+                (
+                    recordio.ImageRecord((float(i % 2),), i, coloured_png(i % 2, i))
+                    for i in range(12)
+                ),
             )
     config = rec_root / "input" / "config"
     config.mkdir(parents=True)

@@ -15,10 +15,10 @@ import boto3
 import pytest
 from botocore.exceptions import WaiterError
 
+from scones.testing_models import coloured_png
 from services.sagemaker_local.algorithms.image_classification import recordio
 from services.sagemaker_local.training import docker_unavailable
 from tests.sagemaker_local_harness import ROLE, WAIT, SageMakerLocal, runtime, sm
-from tests.test_builtin_image_classification import png
 
 pytest_plugins = ["tests.sagemaker_local_harness"]
 
@@ -44,7 +44,7 @@ def ic_data(bucket: str) -> str:
         records = []
         for i in range(2 * PER_CLASS):
             label = i % 2
-            body = png(label, offset + i)
+            body = coloured_png(label, offset + i)
             s3.put_object(Bucket=bucket, Key=f"ic/{split}/{label}_{i}.png", Body=body)
             lines.append(f"{i}\t{label}\t{label}_{i}.png")
             records.append(recordio.ImageRecord((float(label),), i, body))
@@ -147,29 +147,22 @@ def test_course_style_job_trains_reports_metrics_and_serves(
     client.create_endpoint(EndpointName=name, EndpointConfigName=name)
     try:
         client.get_waiter("endpoint_in_service").wait(EndpointName=name, WaiterConfig=WAIT)
-        answer = runtime().invoke_endpoint(
-            EndpointName=name, ContentType="image/png", Accept="*/*", Body=png(1, 4242)
-        )
-        probabilities = json.loads(answer["Body"].read())
-        assert answer["ContentType"] == "application/json"
+
+        def ask(content_type: str, accept: str, body: bytes) -> tuple[str, Any]:
+            answer = runtime().invoke_endpoint(
+                EndpointName=name, ContentType=content_type, Accept=accept, Body=body
+            )
+            return answer["ContentType"], json.loads(answer["Body"].read())
+
+        answered_type, probabilities = ask("image/png", "*/*", coloured_png(1, 4242))
+        assert answered_type == "application/json"
         assert isinstance(probabilities, list) and len(probabilities) == 2
         assert all(isinstance(p, float) for p in probabilities)
         assert sum(probabilities) == pytest.approx(1.0, abs=1e-5)
-        lines_answer = runtime().invoke_endpoint(
-            EndpointName=name,
-            ContentType="application/x-image",
-            Accept="application/jsonlines",
-            Body=png(0, 4243),
-        )
-        record = json.loads(lines_answer["Body"].read())
+        _, record = ask("application/x-image", "application/jsonlines", coloured_png(0, 4243))
         assert set(record) == {"prediction"} and len(record["prediction"]) == 2
-        verbose = runtime().invoke_endpoint(
-            EndpointName=name,
-            ContentType="image/png",
-            Accept="application/jsonlines; verbose=true",
-            Body=png(1, 4242),
-        )
-        detail = json.loads(verbose["Body"].read())
+        verbose = "application/jsonlines; verbose=true"
+        _, detail = ask("image/png", verbose, coloured_png(1, 4242))
         assert detail["prediction"] == pytest.approx(probabilities)
         assert detail["labels"] == [0, 1]
         assert detail["predicted_label"] == probabilities.index(max(probabilities))

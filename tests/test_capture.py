@@ -25,6 +25,7 @@ from typing import Any
 import boto3
 import pytest
 
+from scones.deploy.hosting import capture_config
 from services.sagemaker_local.capture import (
     CaptureService,
     CaptureSettings,
@@ -38,14 +39,7 @@ DEADLINE_S = 30.0
 
 def settings(destination: str) -> CaptureSettings:
     """Capture of inputs and outputs, every invocation, to destination."""
-    return CaptureSettings.from_config(  # type: ignore[return-value]
-        {
-            "InitialSamplingPercentage": 100,
-            "DestinationS3Uri": destination,
-            "CaptureOptions": [{"CaptureMode": "Input"}, {"CaptureMode": "Output"}],
-            "CaptureContentTypeHeader": {"JsonContentTypes": ["application/json"]},
-        }
-    )
+    return CaptureSettings.from_config(capture_config(destination))  # type: ignore[return-value]
 
 
 def record(s: CaptureSettings, i: int) -> dict[str, Any]:

@@ -21,8 +21,6 @@ import re
 import shlex
 import shutil
 import subprocess
-import sys
-import urllib.request
 import uuid
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -34,6 +32,7 @@ import jsonschema
 import pytest
 import yaml
 
+from scones.stack import health, start_service
 from services.local_aws.profile import REGION, write_profile
 from services.localstack_host.host import SERVICES as LOCALSTACK_HOST_SERVICES
 from tests.conftest import LocalAws, free_port, stop_process, wait_until_ready
@@ -731,11 +730,7 @@ class Stack:
 
 def http_ok(url: str) -> bool:
     """Whether GET url answers 200."""
-    try:
-        with urllib.request.urlopen(url, timeout=2) as response:
-            return bool(response.status == 200)
-    except OSError:
-        return False
+    return health(url) is not None
 
 
 def docker_unavailable() -> str | None:
@@ -817,24 +812,8 @@ def embedded_stack(
     env.update(write_profile(state_dir / "aws", local_aws.endpoint_url))
     port = free_port()
     log_path = state_dir / "sagemaker_local.log"
-    with open(log_path, "ab") as log:
-        process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "services.sagemaker_local",
-                "--port",
-                str(port),
-                "--state-dir",
-                str(state_dir / "state"),
-            ],
-            cwd=REPO_ROOT,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+    args = ["--port", str(port), "--state-dir", str(state_dir / "state")]
+    process = start_service("services.sagemaker_local", args, log_path, env)
     try:
         wait_until_ready(f"http://{LOCAL_ONLY}:{port}/_health", process, log_path)
         yield Stack("embedded", local_aws.endpoint_url, f"http://{LOCAL_ONLY}:{port}")

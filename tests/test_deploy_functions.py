@@ -1,4 +1,4 @@
-"""The deploy's functions step (scones.deploy.functions) on the real emulator.
+"""The deploy's functions step (scones.deploy.functions) on the real emulator and on a fake AWS.
 
 The emulator keeps a new function Pending for a while, as AWS does (here 2 s, so that a deploy
 that did not wait would be caught): the deploy returns only once every function is Active, and
@@ -14,26 +14,20 @@ from pathlib import Path
 import boto3
 import pytest
 
-from scones.deploy import Deployer, DeployOptions, functions, iam, images, storage
+from scones.deploy import Deployer, DeployOptions, DeployResult, functions, iam, images, storage
 from scones.settings import Settings
-from scones.stack import stop_process_group
-from scones.testing import LocalAws, selected_profile, start_local_aws
+from scones.testing import LocalAws, running_local_aws
+from scones.testing_deploy import TRAINING_IMAGE
 from scones.workflow_functions import WORKFLOW_FUNCTIONS
 
-TRAINING_IMAGE = "763104351884.dkr.ecr.us-east-1.amazonaws.com/pytorch-training:2.5-cpu-py311"
 STEPS = (storage.ensure_bucket, images.ensure_images, iam.ensure_roles, functions.ensure_functions)
 
 
 @pytest.fixture(scope="module")
 def slow_to_activate(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalAws]:
-    with pytest.MonkeyPatch.context() as env:
-        env.setenv("LOCAL_AWS_LAMBDA_PENDING_S", "2")
-        emulator = start_local_aws(tmp_path_factory.mktemp("pending"))
-    try:
-        with selected_profile(emulator.env, hide=("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")):
-            yield emulator
-    finally:
-        stop_process_group(emulator.process)
+    pending = {"LOCAL_AWS_LAMBDA_PENDING_S": "2"}
+    with running_local_aws(tmp_path_factory.mktemp("pending"), environment=pending) as emulator:
+        yield emulator
 
 
 def _deploy(prefix: str, tmp_path: Path, lines: list[str]) -> object:
@@ -64,3 +58,11 @@ def test_functions_are_active_with_json_logs_when_the_deploy_returns(
     assert [line for line in again if "lambda function" in line] == [
         f"  = lambda function    {f.name(prefix)}" for f in WORKFLOW_FUNCTIONS
     ], "\n".join(again)
+
+
+def test_function_environments_come_from_the_configuration(aws_deployed: DeployResult) -> None:
+    lam = boto3.client("lambda")
+    classify = lam.get_function_configuration(FunctionName="scones-classify-image")
+    assert classify["Environment"]["Variables"] == {"ENDPOINT_NAME": "scones-image-classifier"}
+    filter_fn = lam.get_function_configuration(FunctionName="scones-filter-inferences")
+    assert filter_fn["Environment"]["Variables"] == {"THRESHOLD": "0.93"}

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import io
 import json
 import uuid
-import zipfile
 from collections.abc import Iterator
 from typing import Any
 
@@ -13,8 +11,9 @@ import boto3
 import pytest
 from botocore.exceptions import ClientError
 
+from scones.testing import LocalAws, running_local_aws
+from scones.testing_functions import create_function
 from services.local_aws import iam_enforcement as iam
-from tests.conftest import LocalAws, selected_profile, start_local_aws, stop_process
 
 ACCOUNT = "123456789012"
 SESSION = iam.Session(ACCOUNT, "reader", f"arn:aws:iam::{ACCOUNT}:role/reader", "s1", "", False)
@@ -188,12 +187,8 @@ def handler(event, context):
 
 @pytest.fixture(scope="module")
 def emulator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalAws]:
-    aws = start_local_aws(tmp_path_factory.mktemp("iam"))
-    try:
-        with selected_profile(aws.env, hide=("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")):
-            yield aws
-    finally:
-        stop_process(aws.process)
+    with running_local_aws(tmp_path_factory.mktemp("iam")) as aws:
+        yield aws
 
 
 def _role(name: str, policy: dict[str, Any]) -> str:
@@ -230,18 +225,8 @@ def test_a_lambda_whose_role_allows_only_logs_gets_access_denied_reading_s3(
     role_name = f"logs-only-{uuid.uuid4().hex[:6]}"
     role_arn = _role(role_name, LOGS_ONLY)
     lam = boto3.client("lambda")
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w") as archive:
-        archive.writestr("app.py", READER)
     name = f"reader-{uuid.uuid4().hex[:6]}"
-    lam.create_function(
-        FunctionName=name,
-        Runtime="python3.12",
-        Role=role_arn,
-        Handler="app.handler",
-        Code={"ZipFile": buffer.getvalue()},
-    )
-    lam.get_waiter("function_active_v2").wait(FunctionName=name)
+    create_function(lam, name, READER, role_arn, runtime="python3.12")
     event = json.dumps({"bucket": bucket, "key": "in/scone.txt"}).encode()
 
     denied = json.loads(lam.invoke(FunctionName=name, Payload=event)["Payload"].read())
@@ -348,12 +333,8 @@ def test_other_services_answer_access_denied_in_their_shape(emulator: LocalAws) 
 
 
 def test_the_switch_turns_enforcement_off(tmp_path: Any) -> None:
-    aws = start_local_aws(tmp_path / "off", ["--no-iam-enforcement", "--no-persist"])
-    try:
-        with selected_profile(aws.env, hide=("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")):
-            boto3.client("s3").create_bucket(Bucket="open-door")
-            boto3.client("s3").put_object(Bucket="open-door", Key="k", Body=b"v")
-            s3 = _session_s3(_role("logs-only", LOGS_ONLY))
-            assert s3.get_object(Bucket="open-door", Key="k")["Body"].read() == b"v"
-    finally:
-        stop_process(aws.process)
+    with running_local_aws(tmp_path / "off", ["--no-iam-enforcement", "--no-persist"]):
+        boto3.client("s3").create_bucket(Bucket="open-door")
+        boto3.client("s3").put_object(Bucket="open-door", Key="k", Body=b"v")
+        s3 = _session_s3(_role("logs-only", LOGS_ONLY))
+        assert s3.get_object(Bucket="open-door", Key="k")["Body"].read() == b"v"

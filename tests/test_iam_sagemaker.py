@@ -11,7 +11,6 @@ import io
 import json
 import time
 import uuid
-import zipfile
 from collections.abc import Callable
 from typing import Any
 
@@ -21,15 +20,14 @@ from botocore.config import Config
 from botocore.exceptions import ClientError
 
 from scones.deploy.iam import policy, trust
+from scones.testing_functions import create_function
 from services.local_aws import iam_authorize
 from services.sagemaker_local.authorization import endpoint_arn, resource_arn
 from tests.sagemaker_local_harness import (
     ACCOUNT,
-    WAIT,
     SageMakerLocal,
-    create_endpoint,
+    endpoint_in_service,
     png_bytes,
-    sm,
 )
 
 pytest_plugins = ["tests.sagemaker_local_harness"]
@@ -102,8 +100,7 @@ def test_authorize_endpoint_refuses_remote_peers_and_bad_questions() -> None:
 @pytest.fixture(scope="module")
 def endpoint(sagemaker_local: SageMakerLocal, tiny_model: dict[str, Any]) -> str:
     name = f"IAM-{uuid.uuid4().hex[:8]}"  # mixed case: the ARN has it lower-cased
-    create_endpoint(name, tiny_model["uri"])
-    sm().get_waiter("endpoint_in_service").wait(EndpointName=name, WaiterConfig=WAIT)
+    endpoint_in_service(name, tiny_model["uri"])
     return name
 
 
@@ -221,22 +218,15 @@ def test_lambda_role_decides_what_its_code_may_invoke(
     endpoint: str, sagemaker_local: SageMakerLocal
 ) -> None:
     role_name, role_arn = _role([])
-    archive = io.BytesIO()
-    with zipfile.ZipFile(archive, "w") as zf:
-        zf.writestr("app.py", HANDLER)
     lam = boto3.client("lambda")
     name = f"iam-sm-{uuid.uuid4().hex[:8]}"
-    lam.create_function(
-        FunctionName=name,
-        Runtime="python3.11",
-        Role=role_arn,
-        Handler="app.handler",
-        Code={"ZipFile": archive.getvalue()},
+    create_function(
+        lam,
+        name,
+        HANDLER,
+        role_arn,
         Timeout=30,
         Environment={"Variables": {"AWS_ENDPOINT_URL_SAGEMAKER_RUNTIME": sagemaker_local.url}},
-    )
-    lam.get_waiter("function_active_v2").wait(
-        FunctionName=name, WaiterConfig={"Delay": 1, "MaxAttempts": 60}
     )
     event = json.dumps({"endpoint": endpoint, "image": base64.b64encode(png_bytes(2)).decode()})
 

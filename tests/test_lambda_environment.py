@@ -8,14 +8,11 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import io
 import json
-import os
 import sys
 import threading
 import time
 import uuid
-import zipfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -24,12 +21,19 @@ import boto3
 import pytest
 from botocore.exceptions import ClientError
 
-from scones.testing import run_execution
+from scones.deploy.iam import trust
+from scones.testing import (
+    INVOKE_ANY_FUNCTION,
+    create_machine,
+    run_execution,
+    running_local_aws,
+    service_role,
+)
+from scones.testing_functions import create_function, invoke, make_zip
 from services.local_aws import lambda_sandbox
 from services.local_aws.lambda_runtime import LambdaRuntime
 from services.local_aws.lambda_spec import FunctionSpec, Sandbox
-from tests.conftest import LocalAws, selected_profile, start_local_aws, stop_process
-from tests.test_local_aws import invoke
+from tests.conftest import LocalAws
 
 HANDLER_SOURCE = """
 import json, logging, os, time
@@ -93,62 +97,23 @@ def handler(event, context):
     return {"ok": True}
 """
 
-TRUST = json.dumps(
-    {
-        "Version": "2012-10-17",
-        "Statement": [
-            {
-                "Effect": "Allow",
-                "Principal": {"Service": ["lambda.amazonaws.com", "states.amazonaws.com"]},
-                "Action": "sts:AssumeRole",
-            }
-        ],
-    }
-)
+TRUST = trust("lambda.amazonaws.com", "states.amazonaws.com")
 NAMESPACES, _, WHY_NOT = lambda_sandbox.probe(sys.executable)
 needs_namespaces = pytest.mark.skipif(not NAMESPACES, reason=f"no mount namespace: {WHY_NOT}")
-
-
-def make_zip(files: dict[str, str]) -> bytes:
-    """A zip archive of text files."""
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
-        for name, text in files.items():
-            archive.writestr(name, text)
-    return buffer.getvalue()
 
 
 @pytest.fixture(scope="module")
 def emulator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalAws]:
     """An emulator of its own: Event retry delays scaled down (60 s -> 0.3 s)."""
-    saved = os.environ.get("LOCAL_AWS_LAMBDA_RETRY_DELAY_SCALE")
-    os.environ["LOCAL_AWS_LAMBDA_RETRY_DELAY_SCALE"] = "0.005"
-    try:
-        started = start_local_aws(tmp_path_factory.mktemp("lambda_env"))
-    finally:
-        if saved is None:
-            os.environ.pop("LOCAL_AWS_LAMBDA_RETRY_DELAY_SCALE")
-        else:
-            os.environ["LOCAL_AWS_LAMBDA_RETRY_DELAY_SCALE"] = saved
-    try:
-        with selected_profile(started.env, hide=("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")):
-            yield started
-    finally:
-        stop_process(started.process)
+    scaled = {"LOCAL_AWS_LAMBDA_RETRY_DELAY_SCALE": "0.005"}
+    with running_local_aws(tmp_path_factory.mktemp("lambda_env"), environment=scaled) as started:
+        yield started
 
 
 @pytest.fixture(scope="module")
 def role_arn(emulator: LocalAws) -> str:
-    iam = boto3.client("iam")
-    name = f"fn-role-{uuid.uuid4().hex[:8]}"
-    arn = iam.create_role(RoleName=name, AssumeRolePolicyDocument=TRUST)["Role"]["Arn"]
     # The state machine of the Catch test invokes with this role (IAM is enforced, as on AWS).
-    policy = {
-        "Version": "2012-10-17",
-        "Statement": [{"Effect": "Allow", "Action": "lambda:InvokeFunction", "Resource": "*"}],
-    }
-    iam.put_role_policy(RoleName=name, PolicyName="invoke", PolicyDocument=json.dumps(policy))
-    return str(arn)
+    return service_role(boto3.client("iam"), "fn-role", [INVOKE_ANY_FUNCTION])
 
 
 @pytest.fixture
@@ -157,15 +122,7 @@ def make_function(role_arn: str) -> Callable[..., str]:
 
     def create(**settings: Any) -> str:
         name = f"fn-{uuid.uuid4().hex[:10]}"
-        lam.create_function(
-            FunctionName=name,
-            Runtime="python3.11",
-            Role=role_arn,
-            Handler="app.handler",
-            Code={"ZipFile": make_zip({"app.py": HANDLER_SOURCE})},
-            **{"Timeout": 10, **settings},
-        )
-        lam.get_waiter("function_active_v2").wait(FunctionName=name)
+        create_function(lam, name, HANDLER_SOURCE, role_arn, **{"Timeout": 10, **settings})
         return name
 
     return create
@@ -414,21 +371,8 @@ def test_layers_mounted_at_opt_with_versions_honoured(make_function: Callable[..
 @contextlib.contextmanager
 def emulator_with(tmp_path: Path, **variables: str) -> Iterator[LocalAws]:
     """A second emulator started with extra settings, its profile selected, always stopped."""
-    saved = {name: os.environ.get(name) for name in variables}
-    os.environ.update(variables)
-    try:
-        other = start_local_aws(tmp_path / "state")
-    finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name)
-            else:
-                os.environ[name] = value
-    try:
-        with selected_profile(other.env, hide=("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")):
-            yield other
-    finally:
-        stop_process(other.process)
+    with running_local_aws(tmp_path / "state", environment=variables) as other:
+        yield other
 
 
 def test_pending_then_active_and_update_in_progress_then_successful(tmp_path: Path) -> None:
@@ -491,9 +435,7 @@ def test_plain_exception_is_caught_by_its_error_type(
         },
     }
     sfn = boto3.client("stepfunctions")
-    machine = sfn.create_state_machine(
-        name=f"sm-{uuid.uuid4().hex[:8]}", definition=json.dumps(definition), roleArn=role_arn
-    )["stateMachineArn"]
+    machine = create_machine(sfn, definition, role_arn)
     described = run_execution(sfn, machine, {}, name=uuid.uuid4().hex)
     assert described["status"] == "SUCCEEDED", described
     error = json.loads(described["output"])["error"]
@@ -537,14 +479,7 @@ def test_without_the_fork_server_environments_are_the_same(tmp_path: Path) -> No
     with emulator_with(tmp_path, LOCAL_AWS_LAMBDA_FORK_SERVER="0") as other:
         iam, lam = boto3.client("iam"), boto3.client("lambda")
         role = iam.create_role(RoleName="exec", AssumeRolePolicyDocument=TRUST)["Role"]["Arn"]
-        lam.create_function(
-            FunctionName="exec",
-            Runtime="python3.11",
-            Role=role,
-            Handler="app.handler",
-            Code={"ZipFile": make_zip({"app.py": HANDLER_SOURCE})},
-        )
-        lam.get_waiter("function_active_v2").wait(FunctionName="exec")
+        create_function(lam, "exec", HANDLER_SOURCE, role)
         _, where = invoke("exec", {"action": "where"})
         assert (where["file"], where["tmp"], where["tmp_mb"]) == ("/var/task/app.py", [], 512)
         assert not (other.state_dir / "lambda" / "logs" / "forkserver.log").exists()

@@ -8,14 +8,12 @@ the real model server behind sagemaker-local is tested end to end by the deploy'
 from __future__ import annotations
 
 import base64
-import importlib.util
 import io
 import json
 import math
 import sys
 import uuid
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from types import ModuleType
 from typing import Any
 
@@ -24,23 +22,12 @@ import pytest
 from botocore.exceptions import EndpointConnectionError, ReadTimeoutError
 from PIL import Image
 
-from scones.testing import SageMakerRuntimeStandIn
+from scones.testing import service_role
+from scones.testing_functions import create_function, load_app
+from scones.testing_sagemaker import MODEL_ANSWER, SageMakerRuntimeStandIn
 from tests.conftest import LocalAws
 
-LAMBDAS_DIR = Path(__file__).resolve().parent.parent / "lambdas"
 STATE_PAYLOAD_LIMIT = 262_144
-MODEL_ANSWER = {"probabilities": [0.0125, 0.9875], "label": "motorcycle"}
-
-
-def load_app(function: str) -> ModuleType:
-    """Import `lambdas/<function>/app.py` under a unique module name (all three are `app`)."""
-    spec = importlib.util.spec_from_file_location(
-        f"{function}_app", LAMBDAS_DIR / function / "app.py"
-    )
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def image_bytes(fmt: str, size: tuple[int, int] = (32, 32)) -> bytes:
@@ -180,44 +167,22 @@ def deployed_serializer(local_aws: LocalAws) -> Callable[[str], str]:
     """serialize_image_data's real zip as a function in the emulator, per ApplicationLogLevel."""
     from lambdas import package
 
-    iam, lam = boto3.client("iam"), boto3.client("lambda")
-    trust = {
-        "Version": "2012-10-17",
-        "Statement": [
-            {
-                "Effect": "Allow",
-                "Principal": {"Service": "lambda.amazonaws.com"},
-                "Action": "sts:AssumeRole",
-            }
-        ],
-    }
-    role = iam.create_role(
-        RoleName=f"serializer-{uuid.uuid4().hex[:8]}", AssumeRolePolicyDocument=json.dumps(trust)
-    )["Role"]["Arn"]
+    lam = boto3.client("lambda")
     # Its least privilege: IAM is enforced on the function's role credentials, as on AWS.
-    read = {
-        "Version": "2012-10-17",
-        "Statement": [
-            {"Effect": "Allow", "Action": "s3:GetObject", "Resource": "arn:aws:s3:::*/*"}
-        ],
-    }
-    iam.put_role_policy(
-        RoleName=role.rsplit("/", 1)[1], PolicyName="read", PolicyDocument=json.dumps(read)
-    )
+    read = {"Effect": "Allow", "Action": "s3:GetObject", "Resource": "arn:aws:s3:::*/*"}
+    role = service_role(boto3.client("iam"), "serializer", [read], ("lambda.amazonaws.com",))
     zip_bytes, _ = package.build_zip("serialize_image_data")
 
     def deploy(level: str) -> str:
         name = f"serialize-{level.lower()}-{uuid.uuid4().hex[:6]}"
-        lam.create_function(
-            FunctionName=name,
-            Runtime="python3.11",
-            Role=role,
-            Handler="app.handler",
-            Code={"ZipFile": zip_bytes},
+        create_function(
+            lam,
+            name,
+            zip_bytes,
+            role,
             Timeout=30,
             LoggingConfig={"LogFormat": "JSON", "ApplicationLogLevel": level},
         )
-        lam.get_waiter("function_active_v2").wait(FunctionName=name)
         return name
 
     return deploy

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import io
 import json
 import os
 import subprocess
@@ -11,7 +10,6 @@ import sys
 import threading
 import time
 import uuid
-import zipfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -20,8 +18,18 @@ import boto3
 import pytest
 from botocore.exceptions import ClientError
 
-from scones.testing import run_execution
-from tests.conftest import LocalAws, start_local_aws, stop_process
+from scones.deploy.iam import trust
+from scones.stack import stop_process_group
+from scones.testing import (
+    INVOKE_ANY_FUNCTION,
+    LocalAws,
+    create_machine,
+    run_execution,
+    service_role,
+    start_local_aws,
+)
+from scones.testing_functions import create_function, invoke, make_zip
+from scones.testing_processes import alive, descendants
 
 HANDLER_SOURCE = """
 import json, os, time
@@ -71,43 +79,20 @@ def handler(event, context):
 """
 
 
-def make_zip(source: str, name: str = "app.py") -> bytes:
-    """A deployment package holding one module."""
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
-        archive.writestr(name, source)
-    return buffer.getvalue()
-
-
-TRUST = json.dumps(
-    {
-        "Version": "2012-10-17",
-        "Statement": [
-            {
-                "Effect": "Allow",
-                "Principal": {"Service": ["lambda.amazonaws.com", "states.amazonaws.com"]},
-                "Action": "sts:AssumeRole",
-            }
-        ],
-    }
-)
+TRUST = trust("lambda.amazonaws.com", "states.amazonaws.com")
 
 
 @pytest.fixture(scope="module")
 def role_arn(local_aws: LocalAws) -> str:
-    iam = boto3.client("iam")
-    name = f"lambda-role-{uuid.uuid4().hex[:8]}"
-    arn = iam.create_role(RoleName=name, AssumeRolePolicyDocument=TRUST)["Role"]["Arn"]
     # What the handlers and the state machine do with it (IAM is enforced, as on AWS).
-    policy = {
-        "Version": "2012-10-17",
-        "Statement": [
+    return service_role(
+        boto3.client("iam"),
+        "lambda-role",
+        [
             {"Effect": "Allow", "Action": ["s3:GetObject"], "Resource": "arn:aws:s3:::*/*"},
-            {"Effect": "Allow", "Action": ["lambda:InvokeFunction"], "Resource": "*"},
+            INVOKE_ANY_FUNCTION,
         ],
-    }
-    iam.put_role_policy(RoleName=name, PolicyName="use", PolicyDocument=json.dumps(policy))
-    return arn
+    )
 
 
 @pytest.fixture
@@ -118,35 +103,12 @@ def make_function(role_arn: str) -> Callable[..., str]:
         timeout: int = 10, env: dict[str, str] | None = None, source: str = HANDLER_SOURCE
     ) -> str:
         name = f"fn-{uuid.uuid4().hex[:10]}"
-        lam.create_function(
-            FunctionName=name,
-            Runtime="python3.11",
-            Role=role_arn,
-            Handler="app.handler",
-            Code={"ZipFile": make_zip(source)},
-            Timeout=timeout,
-            Environment={"Variables": env or {}},
+        create_function(
+            lam, name, source, role_arn, Timeout=timeout, Environment={"Variables": env or {}}
         )
-        wait_until_active(name)
         return name
 
     return create
-
-
-def wait_until_active(name: str) -> None:
-    """Wait for State Active as a deploy must (a new function is Pending for a moment)."""
-    lam = boto3.client("lambda")
-    deadline = time.monotonic() + 10
-    while lam.get_function_configuration(FunctionName=name)["State"] != "Active":
-        assert time.monotonic() < deadline, f"{name} did not become Active"
-        time.sleep(0.05)
-
-
-def invoke(name: str, event: dict[str, Any], **kwargs: Any) -> tuple[dict[str, Any], Any]:
-    response = boto3.client("lambda").invoke(
-        FunctionName=name, Payload=json.dumps(event).encode(), **kwargs
-    )
-    return response, json.loads(response["Payload"].read())
 
 
 def test_s3_round_trip(local_aws: LocalAws) -> None:
@@ -325,9 +287,7 @@ def test_state_machine_retry_and_catch(role_arn: str, make_function: Callable[..
         },
     }
     sfn = boto3.client("stepfunctions")
-    machine = sfn.create_state_machine(
-        name=f"sm-{uuid.uuid4().hex[:8]}", definition=json.dumps(definition), roleArn=role_arn
-    )["stateMachineArn"]
+    machine = create_machine(sfn, definition, role_arn)
     described = run_execution(sfn, machine, {"value": 21}, name=f"run-{uuid.uuid4().hex[:8]}")
     assert described["status"] == "SUCCEEDED", described
     output = json.loads(described["output"])
@@ -361,31 +321,12 @@ def test_sigterm_stops_workers(tmp_path: Path) -> None:
             timeout=60,
         )
         assert out.stdout.strip() == "1", out.stderr
-        workers = _children(emulator.process.pid)
+        workers = descendants(emulator.process.pid)
         assert len(workers) >= 2, "the fork server and a warm worker should be running"
     finally:
-        stop_process(emulator.process)
+        stop_process_group(emulator.process)
     assert emulator.process.returncode == 0
     deadline = time.monotonic() + 5
-    while any(_alive(pid) for pid in workers) and time.monotonic() < deadline:
+    while any(alive(pid) for pid in workers) and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert not any(_alive(pid) for pid in workers), "worker processes were orphaned"
-
-
-def _children(pid: int) -> list[int]:
-    """Every descendant: workers are forked by the fork server, a child of the emulator."""
-    result = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True)
-    children = [int(p) for p in result.stdout.split()]
-    return children + [d for child in children for d in _children(child)]
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    # A zombie is dead for our purposes.
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
-    except OSError:
-        return False
+    assert not any(alive(pid) for pid in workers), "worker processes were orphaned"

@@ -31,6 +31,7 @@ from typing import Any
 import boto3
 import pytest
 
+from scones.testing_processes import rss_mb
 from services.localstack_host.environment import (
     LOCALSTACK_VERSION,
     EnvironmentUnavailable,
@@ -174,19 +175,12 @@ def parity(
             pytestconfig,
             f"LocalStack {LOCALSTACK_VERSION} ready in {localstack.ready_seconds:.1f}s; deploy "
             + ", ".join(f"{n} {r.seconds:.1f}s (exit {r.returncode})" for n, r in runs.items())
-            + f"; LocalStack RSS then {_rss_mib(localstack.pid):.0f} MiB",
+            + f"; LocalStack RSS then {rss_mb(localstack.pid):.0f} MiB",
         )
         with selected_profile(env, hide=("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")):
             yield ParityStack(localstack, f"http://127.0.0.1:{sagemaker_port}", env, runs)
     finally:
         down(root)
-
-
-def _rss_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 def _explain(run: DeployRun) -> str:

@@ -3,285 +3,38 @@
 from __future__ import annotations
 
 import contextlib
-import http.client
-import importlib.util
-import io
 import json
 import os
 import re
 import signal
 import socket
-import subprocess
 import sys
-import textwrap
 import threading
-import time
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from types import ModuleType
 
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from services.model_server.__main__ import parse_config
 from services.model_server.handler import InferenceRequest, ModelHandler
-from tests.conftest import free_port
-
-REPO_ROOT = Path(__file__).resolve().parent.parent
-DEADLINE_S = 60.0
-MAX_PAYLOAD = 6_291_456
-
-# The test's model: a tiny CNN on 3xHxW images, with hooks that let tests steer a worker
-# (hold it busy, crash it, fail at load time) through files in the model directory.
-INFERENCE_PY = textwrap.dedent(
-    """
-    import io
-    import json
-    import os
-    import time
-    from pathlib import Path
-
-    import numpy as np
-    import torch
-    from PIL import Image
-    from torch import nn
-
-    PREDICT_CALLS = []
-
-
-    class TinyNet(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.conv = nn.Conv2d(3, 4, 3, padding=1)
-            self.fc = nn.Linear(4, 3)
-
-        def forward(self, x):
-            return self.fc(torch.relu(self.conv(x)).mean(dim=(2, 3)))
-
-
-    def _wait_for(path, deadline_s=30.0):
-        end = time.monotonic() + deadline_s
-        while not Path(path).exists() and time.monotonic() < end:
-            time.sleep(0.01)
-
-
-    def build_model(model_dir):
-        model = TinyNet()
-        model.load_state_dict(torch.load(Path(model_dir) / "model.pth", weights_only=True))
-        return model.eval()
-
-
-    def model_fn(model_dir):
-        model_dir = Path(model_dir)
-        if (model_dir / "fail_to_load").exists():
-            raise RuntimeError("weights are corrupt: " + (model_dir / "fail_to_load").read_text())
-        (model_dir / "pids").mkdir(exist_ok=True)
-        (model_dir / "pids" / str(os.getpid())).touch()
-        if (model_dir / "hold_loading").exists():
-            _wait_for(model_dir / "release_loading")
-        return build_model(model_dir)
-
-
-    def input_fn(body, content_type):
-        if content_type == "application/json":
-            request = json.loads(body)
-            if request.get("crash"):
-                os._exit(17)
-            if "hold" in request:
-                Path(request["hold"] + ".started").touch()
-                _wait_for(request["hold"] + ".release")
-                return torch.zeros(1, 3, 32, 32)
-            return torch.tensor(request["instances"], dtype=torch.float32)
-        try:
-            image = Image.open(io.BytesIO(body)).convert("RGB")
-        except Exception as exc:
-            raise ValueError(f"cannot decode the image: {exc}") from exc
-        array = np.asarray(image, dtype=np.float32) / 255.0
-        return torch.from_numpy(array).permute(2, 0, 1).unsqueeze(0)
-
-
-    def predict_fn(data, model):
-        PREDICT_CALLS.append(data.shape[0])
-        with torch.no_grad():
-            return torch.softmax(model(data), dim=1)
-
-
-    def output_fn(prediction, accept):
-        if accept == "application/json":
-            return json.dumps(prediction.tolist())
-        if accept == "text/csv":
-            return "\\n".join(",".join(f"{p:.6f}" for p in row) for row in prediction.tolist())
-        raise RuntimeError(f"output exploded on {accept}")
-    """
+from tests.model_server_harness import (
+    DEADLINE_S,
+    Server,
+    answers_queued_behind_a_held_worker,
+    expected_probabilities,
+    invoke,
+    metric,
+    png_bytes,
+    process_gone,
+    request,
+    running_server,
+    wait_until,
+    write_model_dir,
 )
 
-
-def write_model_dir(root: Path) -> Path:
-    """A model directory as SageMaker unpacks it: weights and code/inference.py."""
-    model_dir = root / "model"
-    (model_dir / "code").mkdir(parents=True)
-    (model_dir / "code" / "inference.py").write_text(INFERENCE_PY)
-    module = load_module(model_dir)
-    torch.manual_seed(0)
-    torch.save(module.TinyNet().state_dict(), model_dir / "model.pth")
-    return model_dir
-
-
-def load_module(model_dir: Path) -> ModuleType:
-    """The fixture's inference.py imported into the test process, under a private name."""
-    spec = importlib.util.spec_from_file_location(
-        f"tiny_inference_{abs(hash(model_dir))}", model_dir / "code" / "inference.py"
-    )
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def png_bytes(seed: int, size: int = 32, fmt: str = "PNG") -> bytes:
-    """A random RGB image, encoded."""
-    pixels = np.random.default_rng(seed).integers(0, 256, (size, size, 3), dtype=np.uint8)
-    buffer = io.BytesIO()
-    Image.fromarray(pixels).save(buffer, format=fmt)
-    return buffer.getvalue()
-
-
-def expected_probabilities(model_dir: Path, image: bytes) -> list[list[float]]:
-    """The fixture model run in-process on one encoded image."""
-    module = load_module(model_dir)
-    model = module.build_model(model_dir)
-    return module.predict_fn(module.input_fn(image, "image/png"), model).tolist()
-
-
-class Server:
-    """A `python -m services.model_server` process on a free port, logging to a file."""
-
-    def __init__(self, model_dir: Path, log_path: Path, *args: str) -> None:
-        self.port = free_port()
-        self.log_path = log_path
-        env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
-        with open(log_path, "wb") as log_file:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "services.model_server", "--model-dir", str(model_dir),
-                 "--port", str(self.port), *args],
-                stdout=log_file, stderr=subprocess.STDOUT, cwd=REPO_ROOT, env=env,
-            )  # fmt: skip
-
-    def log(self) -> str:
-        """Everything the server wrote."""
-        return self.log_path.read_text(errors="replace")
-
-    def ping_status(self) -> int | None:
-        """The /ping status, or None while nothing listens."""
-        try:
-            return request(self.port, "GET", "/ping", timeout=2)[0]
-        except OSError:
-            return None
-
-    def wait_for_ping(self, status: int = 200) -> None:
-        """Poll /ping until it answers `status`; fail early if the server exits."""
-        deadline = time.monotonic() + DEADLINE_S
-        while time.monotonic() < deadline:
-            assert self.process.poll() is None, f"server exited:\n{self.log()}"
-            if self.ping_status() == status:
-                return
-            time.sleep(0.02)
-        raise AssertionError(f"/ping never answered {status}:\n{self.log()}")
-
-    def stop(self) -> int:
-        """SIGTERM, then SIGKILL if it does not stop; the exit code."""
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        return self.process.returncode
-
-
-@contextlib.contextmanager
-def running_server(model_dir: Path, log_path: Path, *args: str) -> Iterator[Server]:
-    """A ready server, always stopped afterwards."""
-    server = Server(model_dir, log_path, *args)
-    try:
-        server.wait_for_ping(200)
-        yield server
-    finally:
-        server.stop()
-
-
-def request(
-    port: int,
-    method: str,
-    path: str,
-    body: bytes | None = None,
-    headers: dict[str, str] | None = None,
-    timeout: float = DEADLINE_S,
-) -> tuple[int, dict[str, str], bytes]:
-    """One HTTP request on a fresh connection: status, headers (lower-case), body."""
-    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
-    try:
-        connection.request(method, path, body=body, headers=headers or {})
-        response = connection.getresponse()
-        return response.status, {k.lower(): v for k, v in response.getheaders()}, response.read()
-    finally:
-        connection.close()
-
-
-def invoke(
-    port: int, body: bytes, content_type: str = "image/png", accept: str | None = None
-) -> tuple[int, dict[str, str], bytes]:
-    """POST /invocations."""
-    headers = {"Content-Type": content_type}
-    if accept:
-        headers["Accept"] = accept
-    return request(port, "POST", "/invocations", body, headers)
-
-
-def metric(port: int, line_prefix: str) -> float:
-    """The value of the first /metrics sample whose line starts with `line_prefix`."""
-    text = request(port, "GET", "/metrics")[2].decode()
-    for line in text.splitlines():
-        if line.startswith(line_prefix):
-            return float(line.rsplit(" ", 1)[1])
-    raise AssertionError(f"no sample {line_prefix!r} in:\n{text}")
-
-
-def wait_until(condition, what: str) -> None:  # type: ignore[no-untyped-def]
-    """Poll a condition with a deadline."""
-    deadline = time.monotonic() + DEADLINE_S
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.01)
-
-
-@contextlib.contextmanager
-def worker_held(port: int, tmp_path: Path, name: str) -> Iterator[None]:
-    """Keep the (single) worker busy in input_fn until the block exits, so requests queue up."""
-    gate = tmp_path / name
-    pool = ThreadPoolExecutor(1)
-    body = json.dumps({"hold": str(gate)}).encode()
-    held = pool.submit(invoke, port, body, "application/json")
-    try:
-        wait_until(lambda: Path(f"{gate}.started").exists(), "the worker to be held")
-        yield
-    finally:
-        Path(f"{gate}.release").touch()
-        assert held.result(timeout=DEADLINE_S)[0] == 200
-        pool.shutdown()
-
-
-def process_gone(pid: int) -> bool:
-    """The process no longer exists (or is a zombie nobody will reap: counted as alive)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    return False
+MAX_PAYLOAD = 6_291_456
 
 
 @pytest.fixture(scope="module")
@@ -454,14 +207,7 @@ def test_concurrent_requests_are_batched_and_answered_each_with_its_own_result(
     images = [png_bytes(100 + i) for i in range(8)]
     batches_before = metric(server.port, "model_server_batch_size_count")
     singles_before = metric(server.port, 'model_server_batch_size_bucket{le="1"}')
-    with ThreadPoolExecutor(8) as pool:
-        with worker_held(server.port, tmp_path, "gate"):
-            futures = [pool.submit(invoke, server.port, image) for image in images]
-            wait_until(
-                lambda: metric(server.port, "model_server_queue_depth") == 8,
-                "8 requests to queue",
-            )
-        answers = [f.result(timeout=DEADLINE_S) for f in futures]
+    answers = answers_queued_behind_a_held_worker(server.port, tmp_path, images)
     for image, (status, _, body) in zip(images, answers, strict=True):
         assert status == 200
         assert np.allclose(json.loads(body), expected_probabilities(model_dir, image), atol=1e-5)
@@ -477,14 +223,7 @@ def test_a_batch_that_cannot_be_concatenated_is_predicted_request_by_request(
     server: Server, model_dir: Path, tmp_path: Path
 ) -> None:
     bodies = [png_bytes(200), png_bytes(201, size=16), b"garbage", png_bytes(202)]
-    with ThreadPoolExecutor(4) as pool:
-        with worker_held(server.port, tmp_path, "gate"):
-            futures = [pool.submit(invoke, server.port, body) for body in bodies]
-            wait_until(
-                lambda: metric(server.port, "model_server_queue_depth") == 4,
-                "4 requests to queue",
-            )
-        answers = [f.result(timeout=DEADLINE_S) for f in futures]
+    answers = answers_queued_behind_a_held_worker(server.port, tmp_path, bodies)
     assert [status for status, _, _ in answers] == [200, 200, 400, 200]
     for body, (_, _, answer) in zip(bodies, answers, strict=True):
         if body != b"garbage":

@@ -1,7 +1,7 @@
 """The model server under stress: restarts, back-pressure, decode budgets, browsers.
 
 Real `python -m services.model_server` processes with the tiny test model of
-`tests/test_model_server.py`; each test starts its own and always stops it.
+`tests/model_server_harness.py`; each test starts its own and always stops it.
 """
 
 from __future__ import annotations
@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from tests.test_model_server import (
+from scones.testing import BROWSER_REQUESTS
+from tests.model_server_harness import (
     DEADLINE_S,
     invoke,
     metric,
@@ -132,15 +133,7 @@ def test_the_decode_budget_bounds_a_workers_memory(tmp_path: Path) -> None:
     assert bounded + 100_000 < unbounded, "the budget should spare the decode (~100+ MB)"
 
 
-@pytest.mark.parametrize(
-    ("headers", "expected"),
-    [
-        ({"Origin": "http://evil.example"}, 403),
-        ({"Host": "evil.example"}, 403),
-        ({"Sec-Fetch-Site": "cross-site"}, 403),
-        ({}, 200),
-    ],
-)
+@pytest.mark.parametrize(("headers", "expected"), BROWSER_REQUESTS)
 def test_browser_requests_are_refused_and_plain_clients_pass(
     tmp_path_factory: pytest.TempPathFactory, headers: dict[str, str], expected: int
 ) -> None:

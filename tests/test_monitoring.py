@@ -1,124 +1,41 @@
-"""The monitoring report (scones.monitoring.report), from SageMaker-format capture files in S3.
+"""The monitoring report (scones.monitoring.report and .plots, the CLI), from SageMaker-format
+capture files in S3.
 
-The capture spans several hours and more than 1000 objects (so listing needs more than one page);
-every record must be read, decoded by its encoding and placed on a real time axis.
+The capture is the session's (`sagemaker_capture` in tests/conftest.py): several hours, more than
+1000 objects; its records must be placed on a real time axis and counted. How each record is
+read and decoded is tested with the reader (test_monitoring_capture.py).
 """
 
 from __future__ import annotations
 
 import base64
-import io
-import json
 import random
 import re
-import threading
-import time
 import uuid
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from html.parser import HTMLParser
 from pathlib import Path
 
 import boto3
 import numpy as np
 import pytest
-from botocore.config import Config
 from matplotlib import dates as mdates
-from PIL import Image
 
 from scones import monitoring
 from scones.testcases import LOW_CONFIDENCE_ERROR, RunOutcome, load_outcomes, write_outcomes
-from tests.conftest import LocalAws
+from scones.testing_sagemaker import (
+    CAPTURE_CLASSES,
+    CAPTURE_ENDPOINT,
+    CAPTURE_PREFIX,
+    CAPTURE_START,
+    CAPTURE_VARIANT,
+    Written,
+    capture_line,
+)
+from tests.conftest import CAPTURE_FILES, CaptureInS3
 
-ENDPOINT = "scones-monitoring-test"
-VARIANT = "AllTraffic"
-CAPTURE_PREFIX = "datacapture/run-1"
 THRESHOLD = 0.87  # not the default, so a plot that ignored the argument would show
-FILES = 1010
-LINES_PER_BIG_FILE = 5  # every 10th file holds several records, the others one
-START = datetime(2026, 3, 4, 19, 5, 24, tzinfo=UTC)
-CLASSES = ("bicycle", "motorcycle")
-
-
-def png(seed: int) -> bytes:
-    buffer = io.BytesIO()
-    Image.new("RGB", (8, 8), (seed % 256, 40, 200)).save(buffer, "PNG")
-    return buffer.getvalue()
-
-
-@dataclass(frozen=True)
-class Written:
-    """What the test put into S3, to compare against what the report read."""
-
-    event_id: str
-    time: datetime
-    image: bytes
-    probabilities: list[float]
-    label: str
-
-
-def capture_line(index: int, when: datetime, rng: random.Random) -> tuple[str, Written]:
-    """One record exactly as SageMaker writes it (JSON output, or BASE64 when not listed)."""
-    confidence = round(rng.uniform(0.5, 1.0), 4)
-    winner = rng.randrange(2)
-    probabilities = [confidence, round(1 - confidence, 4)][:: 1 if winner == 0 else -1]
-    answer = json.dumps({"probabilities": probabilities, "label": CLASSES[winner]})
-    image = png(index)
-    # Every third output as SageMaker stores a content type missing from JsonContentTypes.
-    output = (
-        {"data": base64.b64encode(answer.encode()).decode(), "encoding": "BASE64"}
-        if index % 3 == 0
-        else {"data": answer, "encoding": "JSON"}
-    )
-    event_id = str(uuid.uuid4())
-    record = {
-        "captureData": {
-            "endpointInput": {
-                "observedContentType": "image/png",
-                "mode": "INPUT",
-                "data": base64.b64encode(image).decode(),
-                "encoding": "BASE64",
-            },
-            "endpointOutput": {
-                "observedContentType": "application/json",
-                "mode": "OUTPUT",
-                **output,
-            },
-        },
-        "eventMetadata": {
-            "eventId": event_id,
-            "inferenceId": f"inference-{index}",
-            "inferenceTime": when.strftime("%Y-%m-%dT%H:%M:%SZ"),
-        },
-        "eventVersion": "0",
-    }
-    return json.dumps(record, separators=(",", ":")), Written(
-        event_id, when, image, probabilities, CLASSES[winner]
-    )
-
-
-def capture_files(prefix: str) -> tuple[dict[str, bytes], list[Written]]:
-    """FILES capture files spread over several hours, keyed as SageMaker keys them."""
-    rng = random.Random(3)
-    files: dict[str, bytes] = {}
-    written: list[Written] = []
-    when = START
-    index = 0
-    for number in range(FILES):
-        lines = []
-        first = when
-        for _ in range(LINES_PER_BIG_FILE if number % 10 == 0 else 1):
-            line, record = capture_line(index, when, rng)
-            lines.append(line)
-            written.append(record)
-            index += 1
-            when += timedelta(seconds=3)
-        name = f"{first:%M-%S}-{first.microsecond // 1000:03d}-{uuid.uuid4()}.jsonl"
-        key = f"{prefix}/{ENDPOINT}/{VARIANT}/{first:%Y/%m/%d/%H}/{name}"
-        files[key] = ("\n".join(lines) + "\n").encode()
-        when += timedelta(seconds=7)
-    return files, written
 
 
 def outcomes_of_runs() -> list[RunOutcome]:
@@ -140,7 +57,7 @@ def outcomes_of_runs() -> list[RunOutcome]:
             s3_bucket="b",
             s3_key=f"cifar100/test/{true}/{i:05d}.png",
             true_label=true,
-            true_label_index=CLASSES.index(true),
+            true_label_index=CAPTURE_CLASSES.index(true),
             status=status,
             error=error,
             predicted_label=predicted,
@@ -160,70 +77,29 @@ class Built:
     written: list[Written]
     outcomes: list[RunOutcome]
     report: monitoring.Report
-    keys: list[str]
 
 
 @pytest.fixture(scope="module")
-def built(local_aws: LocalAws, tmp_path_factory: pytest.TempPathFactory) -> Built:
-    bucket = f"scones-capture-{uuid.uuid4().hex[:8]}"
-    s3 = boto3.client("s3", config=Config(max_pool_connections=20))
-    s3.create_bucket(Bucket=bucket)
-    files, written = capture_files(CAPTURE_PREFIX)
-    # Neighbours that must not be read: another endpoint whose name extends ours, and a
-    # non-capture object.
-    other, _ = capture_line(0, START, random.Random(0))
-    files[f"{CAPTURE_PREFIX}/{ENDPOINT}-2/{VARIANT}/2026/03/04/19/00-00-000-x.jsonl"] = (
-        other.encode()
-    )
-    files[f"{CAPTURE_PREFIX}/{ENDPOINT}/{VARIANT}/README.txt"] = b"not capture"
-    with ThreadPoolExecutor(max_workers=16) as pool:
-        list(
-            pool.map(lambda kv: s3.put_object(Bucket=bucket, Key=kv[0], Body=kv[1]), files.items())
-        )
+def built(sagemaker_capture: CaptureInS3, tmp_path_factory: pytest.TempPathFactory) -> Built:
+    """The report over the session's capture (tests/conftest.py) and runs of known outcomes."""
     out = tmp_path_factory.mktemp("report")
     outcomes = outcomes_of_runs()
     _, outcomes_path = write_outcomes(outcomes, out / "runs")
     report = monitoring.build_report(
-        bucket, CAPTURE_PREFIX, ENDPOINT, THRESHOLD, out / "report", outcomes_path=outcomes_path
+        sagemaker_capture.bucket,
+        CAPTURE_PREFIX,
+        CAPTURE_ENDPOINT,
+        THRESHOLD,
+        out / "report",
+        outcomes_path=outcomes_path,
     )
-    return Built(bucket, written, outcomes, report, sorted(files))
+    return Built(sagemaker_capture.bucket, sagemaker_capture.written, outcomes, report)
 
 
-def test_the_capture_needs_more_than_one_listing_page(built: Built) -> None:
-    page = boto3.client("s3").list_objects_v2(
-        Bucket=built.bucket, Prefix=f"{CAPTURE_PREFIX}/{ENDPOINT}/"
-    )
-    assert page["IsTruncated"] and page["KeyCount"] == 1000
-    hours = {k.split("/")[-2] for k in built.keys if k.endswith(".jsonl")}
-    assert len(hours) >= 3, "the capture spans several hour folders"
-
-
-def test_every_record_of_every_file_is_read_and_decoded(built: Built) -> None:
-    capture = built.report.capture
-    assert capture is not None and capture.files == FILES
-    assert len(capture.records) == len(built.written) > FILES
-    by_id = {w.event_id: w for w in built.written}
-    assert {r.event_id for r in capture.records} == set(by_id)
-    for record in capture.records:
-        expected = by_id[record.event_id]
-        assert record.inference_time == expected.time
-        assert record.inference_time.tzinfo is not None
-        assert record.input_data == expected.image
-        assert record.input_content_type == "image/png"
-        assert record.probabilities == expected.probabilities
-        assert record.label == expected.label
-        assert record.variant == VARIANT
-    times = [r.inference_time for r in capture.records]
-    assert times == sorted(times)
+def test_the_summary_counts_every_capture_record(built: Built) -> None:
     assert built.report.summary.capture_records == len(built.written)
-    assert built.report.summary.capture_files == FILES
-    assert built.report.summary.first_inference == START.isoformat()
-
-
-def test_one_variant_can_be_read_alone(built: Built) -> None:
-    assert (
-        len(monitoring.read_capture(built.bucket, CAPTURE_PREFIX, ENDPOINT, "Other").records) == 0
-    )
+    assert built.report.summary.capture_files == CAPTURE_FILES
+    assert built.report.summary.first_inference == CAPTURE_START.isoformat()
 
 
 def test_confidence_plot_has_a_time_axis_and_the_threshold_passed_in(built: Built) -> None:
@@ -233,7 +109,7 @@ def test_confidence_plot_has_a_time_axis_and_the_threshold_passed_in(built: Buil
     plotted = np.concatenate([c.get_offsets() for c in ax.collections])
     assert len(plotted) == len(built.written)
     # x values are matplotlib dates: the first point is the first inference time.
-    assert min(plotted[:, 0]) == pytest.approx(mdates.date2num(START))
+    assert min(plotted[:, 0]) == pytest.approx(mdates.date2num(CAPTURE_START))
     expected_below = sum(max(w.probabilities) < THRESHOLD for w in built.written)
     assert built.report.summary.captured_below_threshold == expected_below
     red = next(c for c in ax.collections if c.get_label() == "filtered")
@@ -314,9 +190,11 @@ def test_cli_prints_the_report_path_and_summary(
     s3 = boto3.client("s3")
     rng = random.Random(5)
     for hour in range(3):
-        when = START + timedelta(hours=hour)
+        when = CAPTURE_START + timedelta(hours=hour)
         lines = [capture_line(hour * 10 + i, when + timedelta(seconds=i), rng)[0] for i in range(3)]
-        key = f"{CAPTURE_PREFIX}/{endpoint}/{VARIANT}/{when:%Y/%m/%d/%H}/{uuid.uuid4()}.jsonl"
+        key = (
+            f"{CAPTURE_PREFIX}/{endpoint}/{CAPTURE_VARIANT}/{when:%Y/%m/%d/%H}/{uuid.uuid4()}.jsonl"
+        )
         s3.put_object(Bucket=built.bucket, Key=key, Body="\n".join(lines).encode())
     _, outcomes_path = write_outcomes(built.outcomes, tmp_path / "runs")
     arguments = ["--bucket", built.bucket, "--capture-prefix", CAPTURE_PREFIX]
@@ -332,27 +210,3 @@ def test_cli_prints_the_report_path_and_summary(
     assert (tmp_path / "r" / "report.html").is_file()
     assert monitoring.main([*arguments, "--expect-records", "10", "--wait", "0.2"]) == 1
     assert "9 capture records read, 10 expected" in capsys.readouterr().err
-
-
-def test_waiting_for_capture_files_that_land_later(built: Built) -> None:
-    endpoint = "scones-late-capture"
-    rng = random.Random(9)
-    s3 = boto3.client("s3")
-
-    def land(hour: int) -> None:
-        when = START + timedelta(hours=hour)
-        lines = [capture_line(i, when + timedelta(seconds=i), rng)[0] for i in range(2)]
-        key = f"{CAPTURE_PREFIX}/{endpoint}/{VARIANT}/{when:%Y/%m/%d/%H}/{uuid.uuid4()}.jsonl"
-        s3.put_object(Bucket=built.bucket, Key=key, Body="\n".join(lines).encode())
-
-    land(0)
-    later = threading.Timer(0.3, land, args=(1,))
-    later.start()
-    try:
-        capture = monitoring.wait_for_capture(built.bucket, CAPTURE_PREFIX, endpoint, 4, 30.0)
-    finally:
-        later.join()
-    assert (len(capture.records), capture.files) == (4, 2)
-    started = time.monotonic()
-    short = monitoring.wait_for_capture(built.bucket, CAPTURE_PREFIX, endpoint, 5, 0.3)
-    assert len(short.records) == 4 and time.monotonic() - started < 5

@@ -10,7 +10,6 @@ import signal
 import threading
 import time
 import uuid
-import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -18,10 +17,18 @@ import boto3
 import pytest
 from botocore.exceptions import ClientError
 
+from scones.deploy.iam import trust
+from scones.testing_functions import create_function
 from services.local_aws import persistence, persistence_pickle
 from services.local_aws.persistence_blobs import BlobStore
 from services.local_aws.persistence_requests import request_service, s3_target
-from tests.conftest import LocalAws, selected_profile, start_local_aws, stop_process
+from tests.conftest import (
+    LocalAws,
+    running_local_aws,
+    selected_profile,
+    start_local_aws,
+    stop_process,
+)
 
 HANDLER = """
 import json, os, boto3
@@ -30,23 +37,7 @@ def handler(event, context):
     print("seen", json.dumps(event))
     return {"doubled": event.get("n", 0) * 2, "version": os.environ["AWS_LAMBDA_FUNCTION_VERSION"]}
 """
-TRUST = {
-    "Version": "2012-10-17",
-    "Statement": [
-        {
-            "Effect": "Allow",
-            "Principal": {"Service": ["lambda.amazonaws.com", "states.amazonaws.com"]},
-            "Action": "sts:AssumeRole",
-        }
-    ],
-}
-
-
-def _zip(source: str) -> bytes:
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
-        archive.writestr("app.py", source)
-    return buffer.getvalue()
+TRUST = trust("lambda.amazonaws.com", "states.amazonaws.com")
 
 
 def _kill9(aws: LocalAws) -> None:
@@ -142,9 +133,9 @@ def test_everything_survives_kill_9_mid_work_and_a_redeploy_finds_nothing_to_cha
                     }
                 ),
             )
-            role_arn = iam.create_role(
-                RoleName=f"{name}-role", AssumeRolePolicyDocument=json.dumps(TRUST)
-            )["Role"]["Arn"]
+            role_arn = iam.create_role(RoleName=f"{name}-role", AssumeRolePolicyDocument=TRUST)[
+                "Role"
+            ]["Arn"]
             iam.put_role_policy(
                 RoleName=f"{name}-role",
                 PolicyName="logs",
@@ -159,15 +150,14 @@ def test_everything_survives_kill_9_mid_work_and_a_redeploy_finds_nothing_to_cha
                     }
                 ),
             )
-            function_arn = lam.create_function(
-                FunctionName=name,
-                Runtime="python3.12",
-                Role=role_arn,
-                Handler="app.handler",
-                Code={"ZipFile": _zip(HANDLER)},
+            function_arn = create_function(
+                lam,
+                name,
+                HANDLER,
+                role_arn,
+                runtime="python3.12",
                 Environment={"Variables": {"STAGE": "local"}},
             )["FunctionArn"]
-            lam.get_waiter("function_active_v2").wait(FunctionName=name)
             version = lam.publish_version(FunctionName=name)["Version"]
             lam.create_alias(FunctionName=name, Name="live", FunctionVersion=version)
             lam.put_function_concurrency(FunctionName=name, ReservedConcurrentExecutions=4)
@@ -257,66 +247,136 @@ def test_everything_survives_kill_9_mid_work_and_a_redeploy_finds_nothing_to_cha
 
 def test_a_torn_journal_tail_is_ignored_and_nothing_acknowledged_is_lost(tmp_path: Path) -> None:
     state_dir = tmp_path / "local_aws"
-    aws = start_local_aws(state_dir)
-    try:
-        with selected_profile(aws.env):
-            s3 = boto3.client("s3")
-            s3.create_bucket(Bucket="torn-journal")
-            for i in range(5):
-                s3.put_object(Bucket="torn-journal", Key=f"k{i}", Body=f"v{i}".encode())
+    with running_local_aws(state_dir) as aws:
+        s3 = boto3.client("s3")
+        s3.create_bucket(Bucket="torn-journal")
+        for i in range(5):
+            s3.put_object(Bucket="torn-journal", Key=f"k{i}", Body=f"v{i}".encode())
         _kill9(aws)
-        journals = sorted((state_dir / "persist" / "s3").glob("journal.*"))
-        assert journals and journals[-1].stat().st_size > 0
-        with open(journals[-1], "ab") as journal:
-            journal.write(b"\x00\x00\x10\x00\xde\xad")  # a record cut off by the kill
-        aws = start_local_aws(state_dir)
-        with selected_profile(aws.env):
-            s3 = boto3.client("s3")
-            listed = s3.list_objects_v2(Bucket="torn-journal")["Contents"]
-            assert [o["Key"] for o in listed] == [f"k{i}" for i in range(5)]
-            assert s3.get_object(Bucket="torn-journal", Key="k4")["Body"].read() == b"v4"
-            s3.put_object(Bucket="torn-journal", Key="k5", Body=b"v5")
+    journals = sorted((state_dir / "persist" / "s3").glob("journal.*"))
+    assert journals and journals[-1].stat().st_size > 0
+    with open(journals[-1], "ab") as journal:
+        journal.write(b"\x00\x00\x10\x00\xde\xad")  # a record cut off by the kill
+    with running_local_aws(state_dir) as aws:
+        s3 = boto3.client("s3")
+        listed = s3.list_objects_v2(Bucket="torn-journal")["Contents"]
+        assert [o["Key"] for o in listed] == [f"k{i}" for i in range(5)]
+        assert s3.get_object(Bucket="torn-journal", Key="k4")["Body"].read() == b"v4"
+        s3.put_object(Bucket="torn-journal", Key="k5", Body=b"v5")
         _kill9(aws)
-        aws = start_local_aws(state_dir)
-        with selected_profile(aws.env):
-            body = boto3.client("s3").get_object(Bucket="torn-journal", Key="k5")["Body"].read()
-            assert body == b"v5"
-    finally:
-        stop_process(aws.process)
+    with running_local_aws(state_dir):
+        body = boto3.client("s3").get_object(Bucket="torn-journal", Key="k5")["Body"].read()
+        assert body == b"v5"
 
 
 def test_deletes_and_overwrites_persist_and_old_bytes_are_removed(tmp_path: Path) -> None:
     state_dir = tmp_path / "local_aws"
-    aws = start_local_aws(state_dir)
-    try:
-        with selected_profile(aws.env):
-            s3 = boto3.client("s3")
-            s3.create_bucket(Bucket="overwrites")
-            s3.put_object(Bucket="overwrites", Key="a", Body=b"first")
-            s3.put_object(Bucket="overwrites", Key="a", Body=b"second")
-            s3.put_object(Bucket="overwrites", Key="gone", Body=b"x")
-            s3.delete_object(Bucket="overwrites", Key="gone")
-            s3.put_object(Bucket="overwrites", Key="many", Body=b"1")
-            s3.delete_objects(Bucket="overwrites", Delete={"Objects": [{"Key": "many"}]})
-            # A multipart upload (as boto3 sends a model.tar.gz over 8 MiB).
-            large = tmp_path / "model.tar.gz"
-            large.write_bytes(os.urandom(9 * 2**20))
-            s3.upload_file(str(large), "overwrites", "models/model.tar.gz")
+    with running_local_aws(state_dir) as aws:
+        s3 = boto3.client("s3")
+        s3.create_bucket(Bucket="overwrites")
+        s3.put_object(Bucket="overwrites", Key="a", Body=b"first")
+        s3.put_object(Bucket="overwrites", Key="a", Body=b"second")
+        s3.put_object(Bucket="overwrites", Key="gone", Body=b"x")
+        s3.delete_object(Bucket="overwrites", Key="gone")
+        s3.put_object(Bucket="overwrites", Key="many", Body=b"1")
+        s3.delete_objects(Bucket="overwrites", Delete={"Objects": [{"Key": "many"}]})
+        # A multipart upload (as boto3 sends a model.tar.gz over 8 MiB).
+        large = tmp_path / "model.tar.gz"
+        large.write_bytes(os.urandom(9 * 2**20))
+        s3.upload_file(str(large), "overwrites", "models/model.tar.gz")
         _kill9(aws)
-        aws = start_local_aws(state_dir)
-        with selected_profile(aws.env):
-            s3 = boto3.client("s3")
-            listed = s3.list_objects_v2(Bucket="overwrites")["Contents"]
-            assert [o["Key"] for o in listed] == ["a", "models/model.tar.gz"]
-            assert s3.get_object(Bucket="overwrites", Key="a")["Body"].read() == b"second"
-            restored = s3.get_object(Bucket="overwrites", Key="models/model.tar.gz")["Body"]
-            assert restored.read() == large.read_bytes()
+    with running_local_aws(state_dir) as aws:
+        s3 = boto3.client("s3")
+        listed = s3.list_objects_v2(Bucket="overwrites")["Contents"]
+        assert [o["Key"] for o in listed] == ["a", "models/model.tar.gz"]
+        assert s3.get_object(Bucket="overwrites", Key="a")["Body"].read() == b"second"
+        restored = s3.get_object(Bucket="overwrites", Key="models/model.tar.gz")["Body"]
+        assert restored.read() == large.read_bytes()
         # A clean stop compacts: one blob per object remains (older ones after a second).
         time.sleep(1.1)
         stop_process(aws.process)
-        assert len(list((state_dir / "persist" / "s3" / "blobs").iterdir())) == 2
-    finally:
-        stop_process(aws.process)
+    assert len(list((state_dir / "persist" / "s3" / "blobs").iterdir())) == 2
+
+
+def test_multipart_uploads_in_progress_survive_kill_9(tmp_path: Path) -> None:
+    state_dir = tmp_path / "local_aws"
+    parts = [os.urandom(5 * 2**20), os.urandom(5 * 2**20), b"tail"]
+    with running_local_aws(state_dir) as aws:
+        s3 = boto3.client("s3")
+        s3.create_bucket(Bucket="uploads")
+        upload = s3.create_multipart_upload(Bucket="uploads", Key="big.bin")["UploadId"]
+        etags = [
+            s3.upload_part(
+                Bucket="uploads", Key="big.bin", UploadId=upload, PartNumber=n, Body=body
+            )["ETag"]
+            for n, body in enumerate(parts[:2], start=1)
+        ]
+        aborted = s3.create_multipart_upload(Bucket="uploads", Key="big.bin")["UploadId"]
+        s3.abort_multipart_upload(Bucket="uploads", Key="big.bin", UploadId=aborted)
+        other = s3.create_multipart_upload(Bucket="uploads", Key="other.bin")["UploadId"]
+        _kill9(aws)
+    with running_local_aws(state_dir) as aws:
+        s3 = boto3.client("s3")
+        listed = s3.list_multipart_uploads(Bucket="uploads")["Uploads"]
+        assert sorted((u["Key"], u["UploadId"]) for u in listed) == sorted(
+            [("big.bin", upload), ("other.bin", other)]
+        )
+        restored = s3.list_parts(Bucket="uploads", Key="big.bin", UploadId=upload)["Parts"]
+        assert [(p["PartNumber"], p["ETag"], p["Size"]) for p in restored] == [
+            (1, etags[0], len(parts[0])),
+            (2, etags[1], len(parts[1])),
+        ]
+        etags.append(
+            s3.upload_part(
+                Bucket="uploads", Key="big.bin", UploadId=upload, PartNumber=3, Body=parts[2]
+            )["ETag"]
+        )
+        s3.complete_multipart_upload(
+            Bucket="uploads",
+            Key="big.bin",
+            UploadId=upload,
+            MultipartUpload={
+                "Parts": [{"PartNumber": n, "ETag": e} for n, e in enumerate(etags, start=1)]
+            },
+        )
+        _kill9(aws)
+    with running_local_aws(state_dir):
+        s3 = boto3.client("s3")
+        assert s3.get_object(Bucket="uploads", Key="big.bin")["Body"].read() == b"".join(parts)
+        listed = s3.list_multipart_uploads(Bucket="uploads").get("Uploads", [])
+        assert [(u["Key"], u["UploadId"]) for u in listed] == [("other.bin", other)]
+
+
+def _provisioned_status(lam: Any, name: str, wanted: str) -> dict[str, Any]:
+    deadline = time.monotonic() + 120
+    while True:
+        config = lam.get_provisioned_concurrency_config(FunctionName=name, Qualifier="live")
+        if config["Status"] == wanted:
+            return dict(config)
+        assert time.monotonic() < deadline, f"provisioned concurrency still {config['Status']}"
+        time.sleep(0.05)
+
+
+def test_provisioned_concurrency_is_ready_again_after_kill_9(tmp_path: Path) -> None:
+    """Its environments are processes a kill -9 ends: a restart provisions the config again."""
+    state_dir = tmp_path / "local_aws"
+    with running_local_aws(state_dir) as aws:
+        iam, lam = boto3.client("iam"), boto3.client("lambda")
+        role = iam.create_role(RoleName="provisioned", AssumeRolePolicyDocument=TRUST)["Role"]
+        create_function(lam, "provisioned", HANDLER, role["Arn"])
+        version = lam.publish_version(FunctionName="provisioned")["Version"]
+        lam.create_alias(FunctionName="provisioned", Name="live", FunctionVersion=version)
+        lam.put_provisioned_concurrency_config(
+            FunctionName="provisioned", Qualifier="live", ProvisionedConcurrentExecutions=2
+        )
+        _provisioned_status(lam, "provisioned", "READY")
+        _kill9(aws)
+    with running_local_aws(state_dir):
+        lam = boto3.client("lambda")
+        config = _provisioned_status(lam, "provisioned", "READY")
+        assert config["AvailableProvisionedConcurrentExecutions"] == 2
+        answer = lam.invoke(FunctionName="provisioned", Qualifier="live", Payload=b'{"n": 2}')
+        assert json.loads(answer["Payload"].read())["doubled"] == 4
 
 
 def test_persistence_off_keeps_todays_in_memory_behaviour(tmp_path: Path) -> None:
@@ -349,7 +409,7 @@ def test_a_running_execution_is_restored_as_failed_with_a_reason(tmp_path: Path)
             sfn = boto3.client("stepfunctions")
             # CreateStateMachine checks that Step Functions may assume the role, as AWS.
             role_arn = boto3.client("iam").create_role(
-                RoleName="states", AssumeRolePolicyDocument=json.dumps(TRUST)
+                RoleName="states", AssumeRolePolicyDocument=TRUST
             )["Role"]["Arn"]
             machine = sfn.create_state_machine(
                 name="waits",

@@ -9,24 +9,20 @@ execution that must succeed with the restored functions, state machine and endpo
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import signal
-import time
-import uuid
 from pathlib import Path
 from typing import Any
 
 import boto3
 import pytest
 
-from scones.deploy import Deployer, DeployOptions, DeployResult
+from scones.deploy import DeployResult
 from scones.settings import Settings
+from scones.testing_deploy import deploy, execute, manifest_keys
 from tests.conftest import LocalStack, selected_profile, start_local_stack
 
 pytestmark = pytest.mark.slow
-
-OPTIONS = DeployOptions(rows_train=10_000, rows_test=2_000, waiter_delay_s=1)
 
 
 def _kill9(stack: LocalStack) -> None:
@@ -34,28 +30,6 @@ def _kill9(stack: LocalStack) -> None:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(process.pid, signal.SIGKILL)
         process.wait(timeout=30)
-
-
-def _execute(result: DeployResult, key: str) -> dict[str, Any]:
-    sfn = boto3.client("stepfunctions")
-    arn = sfn.start_execution(
-        stateMachineArn=result.state_machine_arn,
-        name=f"restart-{uuid.uuid4().hex[:12]}",
-        input=json.dumps({"s3_bucket": result.bucket, "s3_key": key}),
-    )["executionArn"]
-    deadline = time.monotonic() + 180
-    while (described := sfn.describe_execution(executionArn=arn))["status"] == "RUNNING":
-        assert time.monotonic() < deadline, f"execution {arn} still running"
-        time.sleep(0.1)
-    return dict(described)
-
-
-def _first_test_key(result: DeployResult) -> str:
-    manifest = boto3.client("s3").get_object(
-        Bucket=result.bucket, Key=f"{result.data_prefix}/test/manifest.jsonl"
-    )["Body"]
-    entry = json.loads(manifest.read().decode().splitlines()[0])
-    return f"{result.data_prefix}/test/{entry['key']}"
 
 
 def _histories(result: DeployResult) -> dict[str, list[Any]]:
@@ -74,9 +48,9 @@ def test_kill_9_of_every_service_then_up_changes_nothing(tmp_path: Path) -> None
     stack = start_local_stack(stack_dir)
     try:
         with selected_profile(stack.env):
-            first = Deployer(settings, OPTIONS, echo=lines.append).deploy()
-            key = _first_test_key(first)
-            assert _execute(first, key)["status"] == "SUCCEEDED"
+            first = deploy(settings, lines=lines)
+            key = manifest_keys(first)[0]
+            assert execute(first, key)["status"] == "SUCCEEDED"
             before = _histories(first)
         _kill9(stack)
 
@@ -84,11 +58,11 @@ def test_kill_9_of_every_service_then_up_changes_nothing(tmp_path: Path) -> None
         with selected_profile(stack.env):
             assert _histories(first) == before
             lines.clear()
-            again = Deployer(settings, OPTIONS, echo=lines.append).deploy()
+            again = deploy(settings, lines=lines)
             assert not again.changed, "\n".join(lines)
             assert again.state_machine_arn == first.state_machine_arn
             assert again.endpoint_config == first.endpoint_config
             assert again.training_job == first.training_job
-            assert _execute(again, key)["status"] == "SUCCEEDED"
+            assert execute(again, key)["status"] == "SUCCEEDED"
     finally:
         stack.stop()

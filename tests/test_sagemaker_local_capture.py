@@ -15,7 +15,7 @@ import pytest
 from tests.sagemaker_local_harness import (
     WAIT,
     SageMakerLocal,
-    create_endpoint,
+    endpoint_in_service,
     input_capture,
     no_retry_runtime,
     png_bytes,
@@ -32,16 +32,9 @@ pytest_plugins = ["tests.sagemaker_local_harness"]
 def service(profile: dict[str, Any], tmp_path_factory: pytest.TempPathFactory) -> Any:
     """A sagemaker-local with a short stop grace and a lazy capture flush, for the module."""
     state = tmp_path_factory.mktemp("sm_resilience")
-    instance = SageMakerLocal(
-        state,
-        profile["port"],
-        process_env(SAGEMAKER_LOCAL_STOP_GRACE_S="2", SAGEMAKER_LOCAL_CAPTURE_FLUSH_SECONDS="300"),
-    )
-    instance.start()
-    try:
+    env = process_env(SAGEMAKER_LOCAL_STOP_GRACE_S="2", SAGEMAKER_LOCAL_CAPTURE_FLUSH_SECONDS="300")
+    with SageMakerLocal(state, profile["port"], env) as instance:
         yield instance
-    finally:
-        instance.stop()
 
 
 def test_a_captured_record_is_on_disk_before_the_answer_and_survives_sigkill(
@@ -52,13 +45,8 @@ def test_a_captured_record_is_on_disk_before_the_answer_and_survives_sigkill(
 ) -> None:
     name = f"ep-cap-{uuid.uuid4().hex[:6]}"
     prefix = f"capture-{name}"
-    create_endpoint(
-        name,
-        tiny_model["uri"],
-        capture=input_capture(bucket, prefix),
-    )
+    endpoint_in_service(name, tiny_model["uri"], capture=input_capture(bucket, prefix))
     client = sm()
-    client.get_waiter("endpoint_in_service").wait(EndpointName=name, WaiterConfig=WAIT)
     rt = no_retry_runtime()
     ids = [f"id-{i}-{uuid.uuid4().hex[:4]}" for i in range(5)]
     for inference_id in ids:

@@ -11,6 +11,7 @@ import uuid
 import pytest
 from botocore.exceptions import ClientError
 
+from scones.testing import BROWSER_REQUESTS
 from tests.sagemaker_local_harness import (
     ACCOUNT,
     IMAGE,
@@ -85,15 +86,7 @@ def test_malformed_requests_are_400_validation_errors(
     assert needle in answer["message"]
 
 
-@pytest.mark.parametrize(
-    ("headers", "expected"),
-    [
-        ({"Origin": "http://evil.example"}, 403),
-        ({"Host": "evil.example:4570"}, 403),
-        ({"Sec-Fetch-Site": "cross-site"}, 403),
-        ({}, 200),
-    ],
-)
+@pytest.mark.parametrize(("headers", "expected"), BROWSER_REQUESTS)
 def test_browser_requests_are_refused_before_anything_acts(
     sagemaker_local: SageMakerLocal, headers: dict[str, str], expected: int
 ) -> None:

@@ -4,7 +4,6 @@ bad model archives.
 
 from __future__ import annotations
 
-import base64
 import json
 import os
 import re
@@ -19,6 +18,9 @@ import numpy as np
 import pytest
 from botocore.exceptions import ClientError, WaiterError
 
+from scones.deploy.hosting import capture_config
+from scones.testing_processes import alive as pid_alive
+from scones.testing_sagemaker import aws_capture_record
 from tests.sagemaker_local_harness import (
     ACCOUNT,
     IMAGE,
@@ -27,7 +29,6 @@ from tests.sagemaker_local_harness import (
     SageMakerLocal,
     capture_records,
     create_endpoint,
-    pid_alive,
     png_bytes,
     runtime,
     sm,
@@ -49,13 +50,7 @@ def test_endpoint_invocations_and_data_capture(
     create_endpoint(
         name,
         tiny_model["uri"],
-        capture={
-            "EnableCapture": True,
-            "InitialSamplingPercentage": 100,
-            "DestinationS3Uri": f"s3://{bucket}/{prefix}",
-            "CaptureOptions": [{"CaptureMode": "Input"}, {"CaptureMode": "Output"}],
-            "CaptureContentTypeHeader": {"JsonContentTypes": ["application/json"]},
-        },
+        capture=capture_config(f"s3://{bucket}/{prefix}"),
     )
     assert client.describe_endpoint(EndpointName=name)["EndpointStatus"] == "Creating"
     client.get_waiter("endpoint_in_service").wait(EndpointName=name, WaiterConfig=WAIT)
@@ -104,28 +99,13 @@ def test_endpoint_invocations_and_data_capture(
         key,
     ), key
     assert uuid.UUID(record["eventMetadata"]["eventId"])
-    assert record == {
-        "captureData": {
-            "endpointInput": {
-                "observedContentType": "image/png",
-                "mode": "INPUT",
-                "data": base64.b64encode(image).decode(),
-                "encoding": "BASE64",
-            },
-            "endpointOutput": {
-                "observedContentType": "application/json",
-                "mode": "OUTPUT",
-                "data": output.decode(),
-                "encoding": "JSON",
-            },
-        },
-        "eventMetadata": {
-            "eventId": record["eventMetadata"]["eventId"],
-            "inferenceTime": inference_time,
-            "inferenceId": "first-inference",
-        },
-        "eventVersion": "0",
-    }
+    assert record == aws_capture_record(
+        image,
+        {"data": output.decode(), "encoding": "JSON"},
+        record["eventMetadata"]["eventId"],
+        "first-inference",
+        inference_time,
+    )
 
     # 200 concurrent invocations: exactly 200 more records, one per inference id.
     ids = [f"burst-{i}" for i in range(200)]
@@ -177,7 +157,7 @@ def test_endpoint_invocations_and_data_capture(
     wait_for(lambda: len(capture_records(bucket, prefix)) == 202, "the 202nd record")
 
     # UpdateEndpoint: Updating, then the new config serves and the old server is gone.
-    old_pid = sagemaker_local.health()["endpoints"][name]["variants"]["AllTraffic"]["pid"]
+    old_pid = sagemaker_local.server(name)["pid"]
     blue = {"VariantName": "Blue", "ModelName": name, "InstanceType": "ml.m5.large"}
     client.create_endpoint_config(EndpointConfigName=f"{name}-blue", ProductionVariants=[blue])
     client.update_endpoint(EndpointName=name, EndpointConfigName=f"{name}-blue")

@@ -14,17 +14,18 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from scones.testing_processes import alive as pid_alive
 from tests.sagemaker_local_harness import (
     REPO_ROOT,
     WAIT,
     SageMakerLocal,
     capture_records,
-    create_endpoint,
+    endpoint_in_service,
     input_capture,
-    pid_alive,
     png_bytes,
     process_env,
     runtime,
+    serving_endpoint,
     sm,
     training_job,
     wait_for,
@@ -56,12 +57,7 @@ def test_restart_keeps_endpoints_and_loses_no_capture(
         client, rt = sm(), runtime()
         name = f"ep-restart-{uuid.uuid4().hex[:6]}"
         prefix = f"capture-{name}"
-        create_endpoint(
-            name,
-            tiny_model["uri"],
-            capture=input_capture(bucket, prefix),
-        )
-        client.get_waiter("endpoint_in_service").wait(EndpointName=name, WaiterConfig=WAIT)
+        endpoint_in_service(name, tiny_model["uri"], capture=input_capture(bucket, prefix))
         arn = client.describe_endpoint(EndpointName=name)["EndpointArn"]
         image = png_bytes(7)
         first = rt.invoke_endpoint(EndpointName=name, Body=image, ContentType="image/png")
@@ -69,7 +65,7 @@ def test_restart_keeps_endpoints_and_loses_no_capture(
         job = f"train-cut-{uuid.uuid4().hex[:6]}"
         client.create_training_job(**training_job(job, bucket, train_script, mode="sleep"))
         job_pid = wait_for(lambda: service.health()["trainingJobs"][job]["pid"], "the job's pid")
-        server_pid = service.health()["endpoints"][name]["variants"]["AllTraffic"]["pid"]
+        server_pid = service.server(name)["pid"]
 
         # uvicorn re-raises the SIGTERM it handled once shutdown is complete.
         assert service.stop() in (0, -signal.SIGTERM)
@@ -100,7 +96,7 @@ def test_restart_keeps_endpoints_and_loses_no_capture(
         job_pid = wait_for(
             lambda: service.health()["trainingJobs"][killed_job]["pid"], "the job's pid"
         )
-        server_pid = service.health()["endpoints"][name]["variants"]["AllTraffic"]["pid"]
+        server_pid = service.server(name)["pid"]
         service.stop(signal.SIGKILL)
         wait_for(lambda: not pid_alive(server_pid), "the model server to die with its parent", 15)
         wait_for(lambda: not pid_alive(job_pid), "the training job to die with its parent", 15)
@@ -117,10 +113,8 @@ def test_restart_keeps_endpoints_and_loses_no_capture(
 def test_a_second_process_on_the_same_state_folder_refuses_to_start(
     sagemaker_local: SageMakerLocal, tiny_model: dict[str, Any]
 ) -> None:
-    name = f"ep-lock-{uuid.uuid4().hex[:6]}"
-    create_endpoint(name, tiny_model["uri"])
-    sm().get_waiter("endpoint_in_service").wait(EndpointName=name, WaiterConfig=WAIT)
-    server_pid = sagemaker_local.health()["endpoints"][name]["variants"]["AllTraffic"]["pid"]
+    name = serving_endpoint("ep-lock", tiny_model["uri"])
+    server_pid = sagemaker_local.server(name)["pid"]
     from tests.conftest import free_port
 
     second = subprocess.run(
@@ -131,7 +125,7 @@ def test_a_second_process_on_the_same_state_folder_refuses_to_start(
     assert second.returncode != 0
     assert "is in use by another sagemaker-local" in second.stderr.decode()
     assert pid_alive(server_pid), "the first process's model server must be left alone"
-    variant = sagemaker_local.health()["endpoints"][name]["variants"]["AllTraffic"]
+    variant = sagemaker_local.server(name)
     assert variant["pid"] == server_pid
     sm().delete_endpoint(EndpointName=name)
 

@@ -15,14 +15,14 @@ from typing import Any
 import boto3
 from botocore.exceptions import ClientError
 
+from scones.testing_processes import alive as pid_alive
 from tests.sagemaker_local_harness import (
     INFERENCE_PY,
     WAIT,
     SageMakerLocal,
-    create_endpoint,
     no_retry_runtime,
-    pid_alive,
     png_bytes,
+    serving_endpoint,
     sm,
     tar_gz,
     wait_for,
@@ -35,14 +35,12 @@ pytest_plugins = ["tests.sagemaker_local_harness"]
 def test_a_killed_model_server_is_replaced_and_callers_only_see_retryable_errors(
     sagemaker_local: SageMakerLocal, tiny_model: dict[str, Any]
 ) -> None:
-    name = f"ep-super-{uuid.uuid4().hex[:6]}"
-    create_endpoint(name, tiny_model["uri"])
+    name = serving_endpoint("ep-super", tiny_model["uri"])
     client = sm()
-    client.get_waiter("endpoint_in_service").wait(EndpointName=name, WaiterConfig=WAIT)
     rt = no_retry_runtime()
     body = png_bytes(4)
     assert rt.invoke_endpoint(EndpointName=name, Body=body, ContentType="image/png")
-    before = sagemaker_local.health()["endpoints"][name]["variants"]["AllTraffic"]
+    before = sagemaker_local.server(name)
     os.killpg(before["pid"], signal.SIGKILL)
     killed = time.monotonic()
     codes: list[str] = []
@@ -58,7 +56,7 @@ def test_a_killed_model_server_is_replaced_and_callers_only_see_retryable_errors
         if time.monotonic() - killed > 0.2 or codes:
             break
     back = time.monotonic() - killed
-    after = sagemaker_local.health()["endpoints"][name]["variants"]["AllTraffic"]
+    after = sagemaker_local.server(name)
     print(f"model server replaced; first good answer {back:.2f} s after the kill; {codes=}")
     assert set(codes) <= {"ServiceUnavailable"}, "a crash must never come back as ModelError"
     assert after["pid"] != before["pid"] and after["alive"] and not after["restarting"]
@@ -71,11 +69,9 @@ def test_a_killed_model_server_is_replaced_and_callers_only_see_retryable_errors
 def test_status_is_system_updating_while_the_server_is_replaced(
     sagemaker_local: SageMakerLocal, tiny_model: dict[str, Any]
 ) -> None:
-    name = f"ep-status-{uuid.uuid4().hex[:6]}"
-    create_endpoint(name, tiny_model["uri"])
+    name = serving_endpoint("ep-status", tiny_model["uri"])
     client = sm()
-    client.get_waiter("endpoint_in_service").wait(EndpointName=name, WaiterConfig=WAIT)
-    pid = sagemaker_local.health()["endpoints"][name]["variants"]["AllTraffic"]["pid"]
+    pid = sagemaker_local.server(name)["pid"]
     os.killpg(pid, signal.SIGKILL)
     wait_for(
         lambda: sagemaker_local.health()["endpoints"][name]["status"] == "SystemUpdating",
@@ -100,10 +96,8 @@ def test_a_worker_crash_mid_request_is_a_retryable_503_never_a_model_error(
     archive = tar_gz({"model.pth": weights, "code/inference.py": CRASHING_INFERENCE_PY.encode()})
     key = f"models/crashing-{uuid.uuid4().hex[:6]}/model.tar.gz"
     boto3.client("s3").put_object(Bucket=bucket, Key=key, Body=archive)
-    name = f"ep-crash-{uuid.uuid4().hex[:6]}"
-    create_endpoint(name, f"s3://{bucket}/{key}")
+    name = serving_endpoint("ep-crash", f"s3://{bucket}/{key}")
     client = sm()
-    client.get_waiter("endpoint_in_service").wait(EndpointName=name, WaiterConfig=WAIT)
     rt = no_retry_runtime()
     try:
         rt.invoke_endpoint(EndpointName=name, Body=b"crash", ContentType="image/png")
@@ -165,13 +159,11 @@ def _impostor(port: int, stop: threading.Event) -> socket.socket:
 def test_a_dead_servers_port_taken_by_another_process_never_gets_the_traffic(
     sagemaker_local: SageMakerLocal, tiny_model: dict[str, Any]
 ) -> None:
-    name = f"ep-port-{uuid.uuid4().hex[:6]}"
-    create_endpoint(name, tiny_model["uri"])
+    name = serving_endpoint("ep-port", tiny_model["uri"])
     client = sm()
-    client.get_waiter("endpoint_in_service").wait(EndpointName=name, WaiterConfig=WAIT)
     rt = no_retry_runtime()
     rt.invoke_endpoint(EndpointName=name, Body=png_bytes(5), ContentType="image/png")
-    before = sagemaker_local.health()["endpoints"][name]["variants"]["AllTraffic"]
+    before = sagemaker_local.server(name)
     os.killpg(before["pid"], signal.SIGKILL)
     wait_for(lambda: not pid_alive(before["pid"]), "the model server to die")
     stop = threading.Event()
@@ -183,7 +175,7 @@ def test_a_dead_servers_port_taken_by_another_process_never_gets_the_traffic(
         assert exc.errno == errno.EADDRINUSE, exc
         answer = wait_for(lambda: _invoke_or_none(rt, name), "the replacement server")
         assert answer is not None
-        after = sagemaker_local.health()["endpoints"][name]["variants"]["AllTraffic"]
+        after = sagemaker_local.server(name)
         assert after["port"] != before["port"]
         client.delete_endpoint(EndpointName=name)
         return
@@ -200,7 +192,7 @@ def test_a_dead_servers_port_taken_by_another_process_never_gets_the_traffic(
             answers.append(json.loads(response["Body"].read()))
             break
         assert answers != ["WRONG MODEL"], "traffic went to whoever holds the dead server's port"
-        after = sagemaker_local.health()["endpoints"][name]["variants"]["AllTraffic"]
+        after = sagemaker_local.server(name)
         assert after["port"] != before["port"]
     finally:
         stop.set()

@@ -13,12 +13,12 @@ import boto3
 import pytest
 from botocore.exceptions import ClientError, WaiterError
 
+from scones.testing_processes import alive as pid_alive
 from tests.sagemaker_local_harness import (
     ACCOUNT,
     WAIT,
     SageMakerLocal,
     list_keys,
-    pid_alive,
     sm,
     training_job,
     wait_for,

@@ -69,9 +69,13 @@ def test_the_application_reads_configuration_only_through_settings() -> None:
 def test_settings_read_the_environment_and_refuse_a_malformed_number(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setenv("SCONES_THRESHOLD", "0.5")
-    monkeypatch.setenv("SCONES_EPOCHS", "3")
-    monkeypatch.setenv("SCONES_STATE_DIR", "/tmp/elsewhere")
+    environment = {
+        "SCONES_THRESHOLD": "0.5",
+        "SCONES_EPOCHS": "3",
+        "SCONES_STATE_DIR": "/tmp/elsewhere",
+    }
+    for name, value in environment.items():
+        monkeypatch.setenv(name, value)
     loaded = settings.load()
     assert (loaded.threshold, loaded.epochs, loaded.state_dir) == (0.5, 3, Path("/tmp/elsewhere"))
     monkeypatch.delenv("SCONES_STATE_DIR")

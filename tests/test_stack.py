@@ -118,3 +118,30 @@ def test_up_status_down_start_and_stop_the_real_services(
         stack.down(settings)
     assert all(r is not None and not r.alive() for r in records)
     assert not stack.status(settings)
+
+
+def test_when_one_service_fails_to_start_the_others_started_with_it_are_stopped(
+    tmp_path: Path,
+) -> None:
+    settings = _settings(tmp_path)
+    persist = settings.state_dir / "local_aws" / "persist"
+    persist.mkdir(parents=True)
+    (persist / "iam.pkl").write_bytes(b"not a snapshot")  # the emulator's restore fails
+    with pytest.raises(StackError, match="exited"):
+        stack.up(settings)
+    # sagemaker-local was started at the same time (it retries STS): stopped, no pid file left.
+    for name in ("local_aws", "sagemaker_local"):
+        assert not (settings.state_dir / "run" / f"{name}.pid").exists()
+    assert (settings.state_dir / "logs" / "sagemaker_local.log").exists(), "never started"
+    assert _processes_using(settings.state_dir) == []
+    assert not stack.status(settings)
+
+
+def _processes_using(state_dir: Path) -> list[int]:
+    """Live processes whose command line names `state_dir`."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        identity = ProcessIdentity.of(int(entry.name)) if entry.name.isdigit() else None
+        if identity is not None and any(str(state_dir) in part for part in identity.cmdline):
+            found.append(identity.pid)
+    return found

@@ -22,10 +22,11 @@ from PIL import Image
 
 from lambdas import package
 from scones import render_graph
-from scones.testing import SageMakerRuntimeStandIn, create_workflow
+from scones.testing import create_workflow
+from scones.testing_functions import load_app
+from scones.testing_sagemaker import MODEL_ANSWER, SageMakerRuntimeStandIn
 from statemachine import definition
 from tests.conftest import LocalAws
-from tests.test_lambdas import MODEL_ANSWER, load_app
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 GRAPH_PNG = REPO_ROOT / "docs" / "stepfunctions_graph.png"

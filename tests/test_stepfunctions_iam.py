@@ -22,11 +22,11 @@ import requests
 from botocore.exceptions import ClientError
 
 from scones.deploy.iam import trust
+from scones.testing_functions import create_function
 from services.local_aws import stepfunctions_roles
 from services.local_aws import stepfunctions_speedups as speedups
 from services.local_aws import stepfunctions_time as sfn_time
 from tests.conftest import LocalAws, start_local_aws, stop_process
-from tests.test_local_aws import make_zip
 
 HANDLER = """
 def handler(event, context):
@@ -70,17 +70,9 @@ class Stack:
         self.iam = session.client("iam")
         lambda_role = self.role("fn", "lambda.amazonaws.com")
         name = f"echo-{uuid.uuid4().hex[:6]}"
-        self.function_arn: str = self.lam.create_function(
-            FunctionName=name,
-            Runtime="python3.11",
-            Role=lambda_role,
-            Handler="app.handler",
-            Code={"ZipFile": make_zip(HANDLER)},
-            Timeout=10,
-        )["FunctionArn"]
-        self.lam.get_waiter("function_active_v2").wait(
-            FunctionName=name, WaiterConfig={"Delay": 1, "MaxAttempts": 30}
-        )
+        self.function_arn: str = create_function(self.lam, name, HANDLER, lambda_role, Timeout=10)[
+            "FunctionArn"
+        ]
 
     def role(self, prefix: str, *services: str) -> str:
         arn: str = self.iam.create_role(

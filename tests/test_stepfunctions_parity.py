@@ -16,12 +16,11 @@ from typing import Any
 import pytest
 from botocore.exceptions import ClientError
 
-from scones.testing import finished_execution, invoking_role, run_execution
+from scones.testing import StateMachines, finished_execution
 from services.local_aws import stepfunctions_express as express
 from services.local_aws import stepfunctions_jsonata as jsonata
 from services.local_aws import stepfunctions_time as sfn_time
-from tests.conftest import LocalAws, start_local_aws, stop_process
-from tests.test_local_aws import make_zip
+from tests.conftest import start_local_aws, stop_process
 
 TIME_SCALE = 0.02
 HANDLER = """
@@ -32,43 +31,11 @@ def handler(event, context):
 """
 
 
-class Stack:
-    """Clients on one emulator, selected by its own profile (no process-wide state)."""
+class Stack(StateMachines):
+    """The parity tests' emulator: one classify-like function (`HANDLER`)."""
 
-    def __init__(self, emulator: LocalAws) -> None:
-        self.emulator = emulator
-        self.session = emulator.session()
-        self.sfn = self.session.client("stepfunctions")
-        self.lam = self.session.client("lambda")
-        # The state machines sign with this role (IAM enforced): it may invoke any function.
-        self.role = invoking_role(self.session, "parity")
-        self._function: str | None = None
-
-    def function(self) -> str:
-        if self._function is None:
-            name = f"classify-{uuid.uuid4().hex[:6]}"
-            self._function = self.lam.create_function(
-                FunctionName=name,
-                Runtime="python3.11",
-                Role=self.role,
-                Handler="app.handler",
-                Code={"ZipFile": make_zip(HANDLER)},
-                Timeout=10,
-            )["FunctionArn"]
-            self.lam.get_waiter("function_active_v2").wait(
-                FunctionName=name, WaiterConfig={"Delay": 1, "MaxAttempts": 30}
-            )
-        return self._function
-
-    def machine(self, asl: dict[str, Any], kind: str = "STANDARD") -> str:
-        arn: str = self.sfn.create_state_machine(
-            name=f"m-{uuid.uuid4().hex[:10]}", definition=json.dumps(asl), roleArn=self.role,
-            type=kind,
-        )["stateMachineArn"]  # fmt: skip
-        return arn
-
-    def run(self, asl: dict[str, Any], execution_input: Any) -> dict[str, Any]:
-        return run_execution(self.sfn, self.machine(asl), execution_input)
+    def classifier(self) -> str:
+        return self.function("classify", HANDLER)
 
 
 @pytest.fixture(scope="module")
@@ -77,7 +44,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         env.setenv(sfn_time.ENV_TIME_SCALE, str(TIME_SCALE))
         emulator = start_local_aws(tmp_path_factory.mktemp("sfn_parity"))
     try:
-        yield Stack(emulator)
+        yield Stack(emulator, "parity")
     finally:
         stop_process(emulator.process)
 
@@ -167,23 +134,29 @@ def test_billing_rounds_up_as_aws() -> None:
 # --- JSONata on the emulator ------------------------------------------------------------------
 
 
+def classify_task(function: str, payload: Any, **fields: Any) -> dict[str, Any]:
+    """A JSONata Task state invoking `function` with `payload` (its Arguments), plus `fields`."""
+    return {
+        "Type": "Task",
+        "Resource": "arn:aws:states:::lambda:invoke",
+        "Arguments": {"FunctionName": function, "Payload": payload},
+        **fields,
+    }
+
+
 def console_style_machine(function: str) -> dict[str, Any]:
     """What the console writes for a new state machine: JSONata, Arguments, Output, Assign, Map."""
     return {
         "QueryLanguage": "JSONata",
         "StartAt": "Classify",
         "States": {
-            "Classify": {
-                "Type": "Task",
-                "Resource": "arn:aws:states:::lambda:invoke",
-                "Arguments": {
-                    "FunctionName": function,
-                    "Payload": {"score": "{% $states.input.score %}", "id": "{% $uuid() %}"},
-                },
-                "Assign": {"label": "{% $states.result.Payload.label %}", "threshold": 0.5},
-                "Output": "{% $states.input %}",
-                "Next": "Confident?",
-            },
+            "Classify": classify_task(
+                function,
+                {"score": "{% $states.input.score %}", "id": "{% $uuid() %}"},
+                Assign={"label": "{% $states.result.Payload.label %}", "threshold": 0.5},
+                Output="{% $states.input %}",
+                Next="Confident?",
+            ),
             "Confident?": {
                 "Type": "Choice",
                 "Choices": [
@@ -227,7 +200,7 @@ def console_style_machine(function: str) -> dict[str, Any]:
 
 
 def test_a_console_style_jsonata_machine_runs_as_on_aws(stack: Stack) -> None:
-    asl = console_style_machine(stack.function())
+    asl = console_style_machine(stack.classifier())
     described = stack.run(asl, {"score": 0.9, "tags": ["road", "city"]})
     assert described["status"] == "SUCCEEDED", described
     assert json.loads(described["output"]) == {
@@ -247,20 +220,14 @@ def test_a_jsonata_catch_sees_the_error_output(stack: Stack) -> None:
         "QueryLanguage": "JSONata",
         "StartAt": "Classify",
         "States": {
-            "Classify": {
-                "Type": "Task",
-                "Resource": "arn:aws:states:::lambda:invoke",
-                "Arguments": {"FunctionName": stack.function(), "Payload": {"fail": True}},
-                "Catch": [{
-                    "ErrorEquals": ["ValueError"],
-                    "Assign": {"failedWith": "{% $states.errorOutput.Error %}"},
-                    "Output": {"error": "{% $states.errorOutput.Error %}",
-                               "message": "{% $parse($states.errorOutput.Cause).errorMessage %}",
-                               "input": "{% $states.input %}"},
-                    "Next": "Report",
-                }],
-                "End": True,
-            },
+            "Classify": classify_task(stack.classifier(), {"fail": True}, Catch=[{
+                "ErrorEquals": ["ValueError"],
+                "Assign": {"failedWith": "{% $states.errorOutput.Error %}"},
+                "Output": {"error": "{% $states.errorOutput.Error %}",
+                           "message": "{% $parse($states.errorOutput.Cause).errorMessage %}",
+                           "input": "{% $states.input %}"},
+                "Next": "Report",
+            }], End=True),
             "Report": {"Type": "Pass", "End": True,
                        "Output": "{% $merge([$states.input, {'v': $failedWith}]) %}"},
         },
@@ -521,7 +488,7 @@ def test_wait_states_are_waited_scaled_by_the_knob(stack: Stack) -> None:
 
 @pytest.mark.parametrize("resource", ["integration", "function-arn"])
 def test_a_throttled_lambda_is_retried_by_the_asl(stack: Stack, resource: str) -> None:
-    function = stack.function()
+    function = stack.classifier()
     name = function.rsplit(":", 1)[1]
     stack.lam.put_function_concurrency(FunctionName=name, ReservedConcurrentExecutions=0)
     try:

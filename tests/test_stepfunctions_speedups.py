@@ -26,11 +26,11 @@ from moto.moto_server.werkzeug_app import MotoRequestHandler
 from moto.stepfunctions.parser.asl.component.eval_component import EvalComponent
 from werkzeug.serving import make_server
 
-from scones.testing import invoking_role, run_execution
+from scones.testing import StateMachines
+from scones.testing_functions import make_zip
 from services.local_aws import stepfunctions_speedups as speedups
 from statemachine import definition
 from tests.conftest import LocalAws, start_local_aws, stop_process
-from tests.test_local_aws import make_zip
 
 HANDLER = """
 import time
@@ -88,6 +88,18 @@ def test_switch_reads_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     assert speedups.enabled_by_environment() is True
 
 
+def _lambda_client(server: Any, config: botocore.config.Config | None = None) -> Any:
+    """A Lambda client of the test server on `server`'s port (the interpreter's own keys)."""
+    return boto3.client(
+        "lambda",
+        endpoint_url=f"http://localhost:{server.server_address[1]}",
+        region_name="us-east-1",
+        aws_access_key_id="ak",
+        aws_secret_access_key="sk",
+        config=config,
+    )
+
+
 def test_in_process_environ_is_the_one_werkzeug_builds_from_the_socket() -> None:
     """The same botocore request, over a socket and in-process, gives the same WSGI environ."""
     seen: list[dict[str, Any]] = []
@@ -102,13 +114,7 @@ def test_in_process_environ_is_the_one_werkzeug_builds_from_the_socket() -> None
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
         transport = speedups.InProcessTransport(app, server)
-        client = boto3.client(
-            "lambda",
-            endpoint_url=f"http://localhost:{server.server_address[1]}",
-            region_name="us-east-1",
-            aws_access_key_id="ak",
-            aws_secret_access_key="sk",
-        )
+        client = _lambda_client(server)
         requests: list[Any] = []
         client.meta.events.register("before-send", lambda request, **_: requests.append(request))
         client.invoke(
@@ -135,17 +141,8 @@ def test_in_process_environ_is_the_one_werkzeug_builds_from_the_socket() -> None
 # --- two real emulators -----------------------------------------------------------------------
 
 
-class Target:
-    """One emulator and boto3 clients configured by its own profile."""
-
-    def __init__(self, emulator: LocalAws) -> None:
-        self.emulator = emulator
-        self.session = emulator.session()
-        self.sfn = self.session.client("stepfunctions")
-        self.lam = self.session.client("lambda")
-        # The state machines sign with this role (IAM enforced): it may invoke any function.
-        self.role = invoking_role(self.session, "speedups")
-        self.functions: dict[str, str] = {}
+class Target(StateMachines):
+    """One emulator (Step Functions speedups on or off); functions run `HANDLER`."""
 
     def health(self) -> dict[str, Any]:
         url = f"{self.emulator.endpoint_url}/_local_aws/health"
@@ -153,29 +150,8 @@ class Target:
             health: dict[str, Any] = json.loads(response.read())
         return health
 
-    def function(self, name: str, timeout: int = 10) -> str:
-        if name not in self.functions:
-            self.functions[name] = self.lam.create_function(
-                FunctionName=name,
-                Runtime="python3.11",
-                Role=self.role,
-                Handler="app.handler",
-                Code={"ZipFile": HANDLER_ZIP},
-                Timeout=timeout,
-            )["FunctionArn"]
-            self.lam.get_waiter("function_active_v2").wait(
-                FunctionName=name, WaiterConfig={"Delay": 1, "MaxAttempts": 30}
-            )
-        return self.functions[name]
-
-    def machine(self, asl: dict[str, Any]) -> str:
-        arn: str = self.sfn.create_state_machine(
-            name=f"m-{uuid.uuid4().hex[:10]}", definition=json.dumps(asl), roleArn=self.role
-        )["stateMachineArn"]
-        return arn
-
-    def run(self, machine: str, execution_input: dict[str, Any]) -> dict[str, Any]:
-        return run_execution(self.sfn, machine, execution_input, name=f"e-{uuid.uuid4().hex}")
+    def handler(self, name: str, timeout: int = 10) -> str:
+        return self.function(name, HANDLER_ZIP, timeout)
 
 
 @pytest.fixture(scope="module")
@@ -186,7 +162,7 @@ def targets(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Targ
             for mode, switch in (("baseline", "0"), ("speedups", "1")):
                 env.setenv(speedups.ENV_SWITCH, switch)
                 started[mode] = start_local_aws(tmp_path_factory.mktemp(mode))
-        found = {mode: Target(emulator) for mode, emulator in started.items()}
+        found = {mode: Target(emulator, "speedups") for mode, emulator in started.items()}
         assert found["baseline"].health()["stepfunctions_speedups"] is None
         assert found["speedups"].health()["stepfunctions_speedups"] is not None
         yield found
@@ -212,7 +188,7 @@ def task(resource: str, parameters: dict[str, Any], **extra: Any) -> dict[str, A
 
 def case_definition(target: Target, case: str, resource: str) -> tuple[dict[str, Any], dict]:
     """The state machine and input of one case, for one emulator."""
-    fn = target.function("speedups-fn")
+    fn = target.handler("speedups-fn")
     states: dict[str, Any]
     if case == "success":
         states = {"Only": task(resource, {"FunctionName": fn, "Payload.$": "$"}, End=True)}
@@ -239,7 +215,7 @@ def case_definition(target: Target, case: str, resource: str) -> tuple[dict[str,
         }
         return {"StartAt": "Lookup", "States": states}, {}
     if case == "timeout":
-        short = target.function("speedups-short", timeout=1)
+        short = target.handler("speedups-short", timeout=1)
         parameters = {"FunctionName": short, "Payload": {"action": "sleep", "seconds": 3}}
         return {"StartAt": "Slow", "States": {"Slow": task(resource, parameters, End=True)}}, {}
     if case == "unknown-function":
@@ -322,7 +298,7 @@ def test_the_workflow_asl_gives_the_same_history(targets: dict[str, Target]) -> 
     """The project's definition (Retry with jitter, Catch by name) behaves the same."""
     outcomes = {}
     for mode, target in targets.items():
-        fn = target.function("speedups-fn")
+        fn = target.handler("speedups-fn")
         arns = dict.fromkeys(definition.FUNCTION_PLACEHOLDERS, fn)
         machine = target.sfn.create_state_machine(
             name=f"wf-{uuid.uuid4().hex[:8]}",
@@ -338,7 +314,7 @@ def test_the_workflow_asl_gives_the_same_history(targets: dict[str, Target]) -> 
 def test_concurrent_executions_keep_their_own_retry_counts(targets: dict[str, Target]) -> None:
     """One cached program, many executions at once: each retries exactly as configured."""
     target = targets["speedups"]
-    fn = target.function("speedups-fn")
+    fn = target.handler("speedups-fn")
     retry = [{"ErrorEquals": ["CustomerNotFound"], "IntervalSeconds": 1, "MaxAttempts": 2}]
     parameters = {"FunctionName": fn, "Payload": {"action": "raise", "id.$": "$.id"}}
     machine = target.machine(
@@ -384,14 +360,7 @@ def test_a_broken_backend_answers_500_as_over_http() -> None:
         connection.request("POST", "/2015-03-31/functions/f/invocations", body=b"{}")
         over_socket = connection.getresponse()
         socket_status, socket_body = over_socket.status, over_socket.read()
-        client = boto3.client(
-            "lambda",
-            endpoint_url=f"http://localhost:{server.server_address[1]}",
-            region_name="us-east-1",
-            aws_access_key_id="ak",
-            aws_secret_access_key="sk",
-            config=botocore.config.Config(retries={"total_max_attempts": 1}),
-        )
+        client = _lambda_client(server, botocore.config.Config(retries={"total_max_attempts": 1}))
         client.meta.events.register("before-send", speedups.InProcessTransport(broken, server).send)
         with pytest.raises(client.exceptions.ClientError) as raised:
             client.invoke(FunctionName="f", Payload=b"{}")

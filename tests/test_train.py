@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import itertools
 import json
 import os
@@ -12,7 +11,6 @@ import subprocess
 import sys
 import tarfile
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import numpy as np
@@ -24,6 +22,7 @@ from model import train
 from scones.archives import pack_model
 from scones.etl import __main__ as etl_cli
 from scones.etl import synthetic
+from scones.testing_models import import_file
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 TRAIN_SCRIPT = REPO_ROOT / "model" / "train.py"
@@ -109,17 +108,6 @@ def run_train(
     )
 
 
-def load_inference(model_dir: Path) -> ModuleType:
-    """The model folder's own code/inference.py, imported by path."""
-    spec = importlib.util.spec_from_file_location(
-        f"inference_{id(model_dir)}", model_dir / "code" / "inference.py"
-    )
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_default_training_reaches_the_bar_and_writes_a_deployable_model(
     bikes: Path, tmp_path: Path
 ) -> None:
@@ -157,7 +145,7 @@ def test_default_training_reaches_the_bar_and_writes_a_deployable_model(
 
     # The packed model, through its own hooks, classifies the test PNGs as the trainer measured,
     # high but not perfectly, with some answers under the workflow's 0.93 threshold.
-    hooks = load_inference(tmp_path / "unpacked")
+    hooks = import_file(tmp_path / "unpacked" / "code" / "inference.py")
     model = hooks.model_fn(str(tmp_path / "unpacked"))
     rows = [
         json.loads(line) for line in (bikes / "test" / "manifest.jsonl").read_text().splitlines()

@@ -7,27 +7,23 @@ a real endpoint, the three Lambdas, the state machine) serves every test in this
 from __future__ import annotations
 
 import json
-import time
-import uuid
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
 
 import boto3
 import pytest
 from botocore.exceptions import WaiterError
 
 from scones import monitoring, testcases
-from scones.deploy import Deployer, DeployOptions, DeployResult
+from scones.deploy import Deployer, DeployResult
 from scones.settings import Settings
+from scones.testing_deploy import SMALL_DEPLOY, deploy, execute, manifest_keys
 from scones.workflow_functions import WORKFLOW_FUNCTIONS
 from statemachine.definition import load_template
 from tests.conftest import LocalStack
 
 pytestmark = pytest.mark.slow
-
-OPTIONS = DeployOptions(rows_train=10_000, rows_test=2_000, waiter_delay_s=1)
 
 
 @pytest.fixture(scope="module")
@@ -40,41 +36,12 @@ def settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
 
 @pytest.fixture(scope="module")
 def deployed(local_stack: LocalStack, settings: Settings) -> Iterator[DeployResult]:
-    lines: list[str] = []
-    try:
-        yield Deployer(settings, OPTIONS, echo=lines.append).deploy()
-    except Exception:
-        print("\n".join(lines))
-        raise
-
-
-def _execute(result: DeployResult, event: dict[str, Any]) -> dict[str, Any]:
-    sfn = boto3.client("stepfunctions")
-    arn = sfn.start_execution(
-        stateMachineArn=result.state_machine_arn,
-        name=f"e2e-{uuid.uuid4().hex[:12]}",
-        input=json.dumps(event),
-    )["executionArn"]
-    deadline = time.monotonic() + 120
-    while (described := sfn.describe_execution(executionArn=arn))["status"] == "RUNNING":
-        assert time.monotonic() < deadline, f"execution {arn} still running"
-        time.sleep(0.05)
-    return dict(described)
-
-
-def _test_keys(result: DeployResult) -> list[str]:
-    body = (
-        boto3.client("s3")
-        .get_object(Bucket=result.bucket, Key=f"{result.data_prefix}/test/manifest.jsonl")["Body"]
-        .read()
-    )
-    entries = [json.loads(line) for line in body.decode().splitlines() if line.strip()]
-    return [f"{result.data_prefix}/test/{e['key']}" for e in entries]
+    yield deploy(settings)
 
 
 def test_execution_succeeds_with_float_inferences(deployed: DeployResult) -> None:
-    key = _test_keys(deployed)[0]
-    execution = _execute(deployed, {"s3_bucket": deployed.bucket, "s3_key": key})
+    key = manifest_keys(deployed)[0]
+    execution = execute(deployed, key)
     assert execution["status"] == "SUCCEEDED", execution
     body = json.loads(execution["output"])["body"]
     assert body["s3_key"] == key
@@ -87,13 +54,14 @@ def test_execution_succeeds_with_float_inferences(deployed: DeployResult) -> Non
 
 
 def test_threshold_one_ends_in_low_confidence(deployed: DeployResult, settings: Settings) -> None:
-    strict = Deployer(replace(settings, threshold=1.0), OPTIONS, echo=lambda _: None)
+    strict = Deployer(replace(settings, threshold=1.0), SMALL_DEPLOY, echo=lambda _: None)
     try:
         redeployed = strict.deploy()
         changed = [c.name for c in redeployed.changes if c.action == "update"]
-        assert changed == ["scones-filter-inferences"]
-        for key in _test_keys(deployed)[:5]:
-            execution = _execute(deployed, {"s3_bucket": deployed.bucket, "s3_key": key})
+        # The new configuration is published and the state machine's alias moved to it.
+        assert changed == ["scones-filter-inferences", "scones-filter-inferences:live"]
+        for key in manifest_keys(deployed)[:5]:
+            execution = execute(deployed, key)
             if execution["status"] == "SUCCEEDED":  # a softmax that rounded to exactly 1.0
                 assert max(json.loads(execution["output"])["body"]["inferences"]) == 1.0
                 continue
@@ -103,17 +71,15 @@ def test_threshold_one_ends_in_low_confidence(deployed: DeployResult, settings: 
             return
         pytest.fail("no image ended in LowConfidenceInference at THRESHOLD=1.0")
     finally:
-        Deployer(settings, OPTIONS, echo=lambda _: None).deploy()
+        deploy(settings)
 
 
 def test_missing_key_and_non_image_end_in_named_errors(deployed: DeployResult) -> None:
-    missing = _execute(
-        deployed, {"s3_bucket": deployed.bucket, "s3_key": f"{deployed.data_prefix}/test/nope.png"}
-    )
+    missing = execute(deployed, f"{deployed.data_prefix}/test/nope.png")
     assert (missing["status"], missing["error"]) == ("FAILED", "ImageNotFound")
     text_key = f"{deployed.data_prefix}/test/not-an-image.png"
     boto3.client("s3").put_object(Bucket=deployed.bucket, Key=text_key, Body=b"just some text")
-    not_image = _execute(deployed, {"s3_bucket": deployed.bucket, "s3_key": text_key})
+    not_image = execute(deployed, text_key)
     assert (not_image["status"], not_image["error"]) == ("FAILED", "NotAnImage")
 
 
@@ -132,7 +98,7 @@ def test_deployed_definition_is_the_repository_asl(deployed: DeployResult) -> No
 
 def test_second_deploy_changes_nothing(deployed: DeployResult, settings: Settings) -> None:
     lines: list[str] = []
-    again = Deployer(settings, OPTIONS, echo=lines.append).deploy()
+    again = deploy(settings, lines=lines)
     assert not again.changed, "\n".join(lines)
     assert again.state_machine_arn == deployed.state_machine_arn
     assert again.endpoint_config == deployed.endpoint_config
@@ -211,7 +177,7 @@ def test_deploy_heals_a_lost_model_and_its_failed_endpoint(
     assert sagemaker.describe_endpoint(EndpointName=deployed.endpoint)["EndpointStatus"] == "Failed"
 
     lines: list[str] = []
-    healed = Deployer(settings, OPTIONS, echo=lines.append).deploy()
+    healed = deploy(settings, lines=lines)
     changes = {c.resource: c for c in healed.changes}
     assert changes["training job"].action == "heal", "\n".join(lines)
     assert healed.training_job == f"{deployed.training_job}-2"
@@ -221,5 +187,5 @@ def test_deploy_heals_a_lost_model_and_its_failed_endpoint(
     assert sagemaker.describe_endpoint(EndpointName=healed.endpoint)["EndpointStatus"] == (
         "InService"
     )
-    execution = _execute(healed, {"s3_bucket": healed.bucket, "s3_key": _test_keys(healed)[0]})
+    execution = execute(healed, manifest_keys(healed)[0])
     assert execution["status"] == "SUCCEEDED", execution

@@ -10,21 +10,19 @@ from __future__ import annotations
 
 import json
 import time
-import uuid
 from collections.abc import Iterator
 from typing import Any
 
 import boto3
 import pytest
 
-from scones.deploy import Deployer, DeployOptions, DeployResult
+from scones.deploy import DeployResult
 from scones.settings import Settings
+from scones.testing_deploy import deploy, execute, manifest_keys
 from scones.workflow_functions import BY_FOLDER
 from tests.conftest import LocalStack
 
 pytestmark = pytest.mark.slow
-
-OPTIONS = DeployOptions(rows_train=10_000, rows_test=2_000, waiter_delay_s=1)
 
 
 @pytest.fixture(scope="module")
@@ -32,39 +30,13 @@ def deployed(local_stack: LocalStack, tmp_path_factory: pytest.TempPathFactory) 
     settings = Settings(
         state_dir=tmp_path_factory.mktemp("permissions_state"), threshold=0.5, min_val_accuracy=0.7
     )
-    lines: list[str] = []
-    try:
-        return Deployer(settings, OPTIONS, echo=lines.append).deploy()
-    except Exception:
-        print("\n".join(lines))
-        raise
+    return deploy(settings)
 
 
 def _role_name(result: DeployResult, folder: str) -> str:
     """The role of a workflow function (named as the function, see scones/deploy/iam.py)."""
     (name,) = [r for r in result.roles if r.endswith(f"-{BY_FOLDER[folder].suffix}")]
     return name
-
-
-def _execute(result: DeployResult, key: str) -> dict[str, Any]:
-    sfn = boto3.client("stepfunctions")
-    arn = sfn.start_execution(
-        stateMachineArn=result.state_machine_arn,
-        name=f"perm-{uuid.uuid4().hex[:12]}",
-        input=json.dumps({"s3_bucket": result.bucket, "s3_key": key}),
-    )["executionArn"]
-    deadline = time.monotonic() + 120
-    while (described := sfn.describe_execution(executionArn=arn))["status"] == "RUNNING":
-        assert time.monotonic() < deadline, f"execution {arn} still running"
-        time.sleep(0.05)
-    return dict(described)
-
-
-def _a_test_key(result: DeployResult) -> str:
-    manifest = f"{result.data_prefix}/test/manifest.jsonl"
-    body = boto3.client("s3").get_object(Bucket=result.bucket, Key=manifest)["Body"].read()
-    first = json.loads(body.decode().splitlines()[0])
-    return f"{result.data_prefix}/test/{first['key']}"
 
 
 @pytest.fixture
@@ -103,35 +75,43 @@ def _as_list(value: Any) -> list[str]:
     return value if isinstance(value, list) else [value]
 
 
-def test_serialize_without_get_object_fails_then_passes_when_restored(
-    deployed: DeployResult, without: Any
+@pytest.mark.parametrize(
+    ("folder", "action", "settle_s", "error", "in_cause"),
+    [
+        # The function names S3's code; the denial itself is the emulator's, as AWS words it.
+        ("serialize_image_data", "s3:GetObject", 0, "ImageNotFound", ["AccessDenied"]),
+        # sagemaker-local caches a decision for 1 s: the change is seen within `settle_s`.
+        (
+            "classify_image",
+            "sagemaker:InvokeEndpoint",
+            10,
+            None,
+            ["AccessDeniedException", "sagemaker:InvokeEndpoint"],
+        ),
+    ],
+)
+def test_a_function_without_a_permission_fails_then_passes_when_restored(
+    deployed: DeployResult,
+    without: Any,
+    folder: str,
+    action: str,
+    settle_s: float,
+    error: str | None,
+    in_cause: list[str],
 ) -> None:
-    key = _a_test_key(deployed)
-    assert _execute(deployed, key)["status"] == "SUCCEEDED"
-    restore = without("serialize_image_data", "s3:GetObject")
-    failed = _execute(deployed, key)
-    assert (failed["status"], failed["error"]) == ("FAILED", "ImageNotFound"), failed
-    # The function names S3's code; the denial itself is the emulator's, as AWS words it.
-    assert "AccessDenied" in failed["cause"], failed["cause"]
-    restore()
-    assert _execute(deployed, key)["status"] == "SUCCEEDED"
-
-
-def test_classify_without_invoke_endpoint_fails_then_passes_when_restored(
-    deployed: DeployResult, without: Any
-) -> None:
-    key = _a_test_key(deployed)
-    assert _execute(deployed, key)["status"] == "SUCCEEDED"
-    restore = without("classify_image", "sagemaker:InvokeEndpoint")
-    # sagemaker-local caches a decision for 1 s: the change is seen within that time.
-    deadline = time.monotonic() + 10
-    while (failed := _execute(deployed, key))["status"] == "SUCCEEDED":
-        assert time.monotonic() < deadline, "InvokeEndpoint still allowed"
+    key = manifest_keys(deployed)[0]
+    assert execute(deployed, key)["status"] == "SUCCEEDED"
+    restore = without(folder, action)
+    deadline = time.monotonic() + settle_s
+    while (failed := execute(deployed, key))["status"] == "SUCCEEDED":
+        assert time.monotonic() < deadline, f"{action} still allowed"
     assert failed["status"] == "FAILED", failed
-    assert "AccessDeniedException" in failed["cause"], failed["cause"]
-    assert "sagemaker:InvokeEndpoint" in failed["cause"], failed["cause"]
+    if error is not None:
+        assert failed["error"] == error, failed
+    for word in in_cause:
+        assert word in failed["cause"], failed["cause"]
     restore()
-    deadline = time.monotonic() + 10
-    while (passed := _execute(deployed, key))["status"] != "SUCCEEDED":
+    deadline = time.monotonic() + settle_s
+    while (passed := execute(deployed, key))["status"] != "SUCCEEDED":
         assert time.monotonic() < deadline, passed
     assert json.loads(passed["output"])["body"]["s3_key"] == key

@@ -5,6 +5,13 @@ brought up to date. After every change the deploy waits as AWS asks: `State` Act
 create, `LastUpdateStatus` Successful after an update, and fails with the function's own
 `StateReason` / `LastUpdateStatusReason` when it turns Failed. Logs are Lambda's own JSON lines
 (`LoggingConfig`), not a formatter inside each function.
+
+The state machine invokes each function's `live` alias, which points at a published version
+(published again only when the code or configuration changed). The alias carries the
+ProvisionedConcurrencyConfig (`SCONES_PROVISIONED_CONCURRENCY`): that many environments are
+initialised before the first execution and never reaped, so a burst of executions does not
+cold-start them. On AWS they are billed while configured, so `auto` provisions only on the local
+stack; with 0 an existing config is deleted.
 """
 
 from __future__ import annotations
@@ -13,13 +20,22 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import boto3
 from botocore.exceptions import ClientError
 
 from lambdas.package import build_zip
 from scones.deploy.context import DeployContext, DeployError, DeployResult
 from scones.workflow_functions import HANDLER, WORKFLOW_FUNCTIONS, WorkflowFunction
+from services.local_aws.profile import PROFILE as LOCAL_PROFILE
 
 LOGGING_CONFIG = {"LogFormat": "JSON"}
+ALIAS = "live"
+NO_CONFIG = "ProvisionedConcurrencyConfigNotFoundException"
+# `auto` on the local stack: enough for the demo's 16 executions in flight (a task's Lambda is a
+# few ms of each execution), a few MB each.
+LOCAL_PROVISIONED = 4
+# Fields of a published version compared with $LATEST's to tell whether to publish again.
+VERSIONED_FIELDS = ("CodeSha256", "Runtime", "Role", "Handler", "Timeout", "MemorySize")
 
 
 def function_environment(ctx: DeployContext, function: WorkflowFunction) -> dict[str, str]:
@@ -64,9 +80,122 @@ def differing_configuration(current: dict[str, Any], wanted: dict[str, Any]) -> 
 
 
 def ensure_functions(ctx: DeployContext, result: DeployResult) -> None:
-    """Create each function, or update its code (if the zip changed) and configuration."""
+    """Create each function, or update its code (if the zip changed) and configuration; then its
+    published version, `live` alias and provisioned concurrency, the alias the ARN recorded."""
+    provisioned = provisioned_concurrency(ctx)
     for function in WORKFLOW_FUNCTIONS:
         ensure_function(ctx, result, function)
+        if not ctx.options.skip_functions:
+            ensure_alias(ctx, result, function, provisioned)
+
+
+def provisioned_concurrency(ctx: DeployContext) -> int:
+    """Environments to provision per function: the setting, `auto` resolved for the target."""
+    value = ctx.settings.provisioned_concurrency.strip().lower()
+    if value == "auto":
+        # The local stack's profile (make up / demo); any other profile may be billed for it.
+        return LOCAL_PROVISIONED if boto3.session.Session().profile_name == LOCAL_PROFILE else 0
+    try:
+        count = int(value)
+    except ValueError:
+        count = -1
+    if count < 0:
+        raise DeployError(
+            f"SCONES_PROVISIONED_CONCURRENCY must be `auto` or a whole number >= 0, got {value!r}"
+        )
+    return count
+
+
+def ensure_alias(
+    ctx: DeployContext, result: DeployResult, function: WorkflowFunction, provisioned: int
+) -> None:
+    """Publish a version if $LATEST differs from the newest one, point `live` at it, provision
+    `provisioned` environments on the alias; the alias ARN becomes the function's ARN."""
+    lam = ctx.client("lambda")
+    name = function.name(ctx.prefix)
+    unqualified = result.functions[function.suffix]
+    result.functions[function.suffix] = f"{unqualified}:{ALIAS}"
+    if ctx.options.plan:  # the function line already says what would change
+        return
+    latest = lam.get_function_configuration(FunctionName=name)
+    version = newest_matching_version(lam, name, latest)
+    changes = []
+    if version is None:
+        version = lam.publish_version(FunctionName=name, CodeSha256=latest["CodeSha256"])["Version"]
+        wait_function(ctx, name, "function_active_v2", qualifier=version)
+        changes.append(f"published version {version}")
+    try:
+        alias = lam.get_alias(FunctionName=name, Name=ALIAS)
+    except lam.exceptions.ResourceNotFoundException:
+        alias = None
+    if alias is None:
+        lam.create_alias(FunctionName=name, Name=ALIAS, FunctionVersion=version)
+        changes.append(f"alias -> {version}")
+    elif alias["FunctionVersion"] != version:
+        lam.update_alias(FunctionName=name, Name=ALIAS, FunctionVersion=version)
+        changes.append(f"alias {alias['FunctionVersion']} -> {version}")
+    changes += ensure_provisioned(ctx, name, provisioned)
+    action = ("create" if alias is None else "update") if changes else "unchanged"
+    ctx.note(result, "lambda alias", f"{name}:{ALIAS}", action, "; ".join(changes))
+
+
+def newest_matching_version(lam: Any, name: str, latest: dict[str, Any]) -> str | None:
+    """The newest published version with $LATEST's code and configuration, if any."""
+    versions = []
+    for page in lam.get_paginator("list_versions_by_function").paginate(FunctionName=name):
+        versions += [v for v in page["Versions"] if v["Version"] != "$LATEST"]
+    if not versions:
+        return None
+    newest = max(versions, key=lambda v: int(v["Version"]))
+    same = all(newest.get(key) == latest.get(key) for key in VERSIONED_FIELDS) and (
+        newest.get("Environment", {}).get("Variables", {})
+        == latest.get("Environment", {}).get("Variables", {})
+    )
+    return str(newest["Version"]) if same else None
+
+
+def ensure_provisioned(ctx: DeployContext, name: str, count: int) -> list[str]:
+    """The alias's ProvisionedConcurrencyConfig set to `count` (deleted at 0), waited READY."""
+    lam = ctx.client("lambda")
+    try:
+        current = lam.get_provisioned_concurrency_config(FunctionName=name, Qualifier=ALIAS)
+    except ClientError as error:
+        # A bare 404: a stand-in for AWS without the API (moto) has no config either.
+        code = error.response["Error"]["Code"]
+        if code != NO_CONFIG and not (code == "404" and count == 0):
+            raise
+        current = None
+    if count == 0:
+        if current is None:
+            return []
+        lam.delete_provisioned_concurrency_config(FunctionName=name, Qualifier=ALIAS)
+        return ["provisioned concurrency removed"]
+    requested = current["RequestedProvisionedConcurrentExecutions"] if current else 0
+    if requested != count:
+        lam.put_provisioned_concurrency_config(
+            FunctionName=name, Qualifier=ALIAS, ProvisionedConcurrentExecutions=count
+        )
+    # A moved alias takes its config along and provisions its new version (IN_PROGRESS again).
+    wait_provisioned(ctx, name)
+    return [f"provisioned concurrency {count}"] if requested != count else []
+
+
+def wait_provisioned(ctx: DeployContext, name: str) -> None:
+    """Poll until the alias's provisioned environments are READY (no boto3 waiter exists)."""
+    lam = ctx.client("lambda")
+    # AWS takes a minute or two, the local stack a fraction of a second: start polling fast.
+    delay, deadline = 0.05, time.monotonic() + 900
+    while True:
+        config = lam.get_provisioned_concurrency_config(FunctionName=name, Qualifier=ALIAS)
+        if config["Status"] == "READY":
+            return
+        if config["Status"] == "FAILED" or time.monotonic() > deadline:
+            raise DeployError(
+                f"provisioned concurrency of {name}:{ALIAS} is {config['Status']}: "
+                f"{config.get('StatusReason', 'not READY in time')}"
+            )
+        time.sleep(delay)
+        delay = min(delay * 2, float(ctx.settings.waiter_delay_s))
 
 
 def ensure_function(ctx: DeployContext, result: DeployResult, function: WorkflowFunction) -> None:
@@ -138,11 +267,12 @@ def ensure_function(ctx: DeployContext, result: DeployResult, function: Workflow
     )
 
 
-def wait_function(ctx: DeployContext, name: str, waiter: str) -> None:
+def wait_function(ctx: DeployContext, name: str, waiter: str, qualifier: str | None = None) -> None:
     """Wait for Active / Successful; raise DeployError with Lambda's reason when it Failed."""
+    qualified = {"Qualifier": qualifier} if qualifier else {}
 
     def reason() -> str:
-        config = ctx.client("lambda").get_function_configuration(FunctionName=name)
+        config = ctx.client("lambda").get_function_configuration(FunctionName=name, **qualified)
         if waiter == "function_active_v2":
             return f"State {config.get('State')}: {config.get('StateReason', '')}"
         return (
@@ -151,7 +281,7 @@ def wait_function(ctx: DeployContext, name: str, waiter: str) -> None:
         )
 
     ctx.wait("lambda", waiter, f"lambda function {name}", reason, max_attempts=300,
-             FunctionName=name)  # fmt: skip
+             FunctionName=name, **qualified)  # fmt: skip
 
 
 def retry_role_propagation(call: Callable[..., Any], **kwargs: Any) -> Any:

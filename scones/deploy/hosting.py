@@ -37,17 +37,22 @@ def ensure_model(ctx: DeployContext, result: DeployResult) -> None:
     ctx.note(result, "sagemaker model", result.model_name, "create")
 
 
+def capture_config(destination: str, percentage: int = 100) -> dict[str, Any]:
+    """The endpoint's DataCaptureConfig: inputs and outputs, JSON answers stored as JSON."""
+    return {
+        "EnableCapture": True,
+        "InitialSamplingPercentage": percentage,
+        "DestinationS3Uri": destination,
+        "CaptureOptions": [{"CaptureMode": "Input"}, {"CaptureMode": "Output"}],
+        "CaptureContentTypeHeader": {"JsonContentTypes": ["application/json"]},
+    }
+
+
 def ensure_endpoint_config(ctx: DeployContext, result: DeployResult) -> None:
     """The endpoint config: one variant, data capture of every input and output."""
     sagemaker = ctx.client("sagemaker")
     result.capture_uri = f"s3://{result.bucket}/data-capture"
-    capture = {
-        "EnableCapture": True,
-        "InitialSamplingPercentage": ctx.settings.capture_percentage,
-        "DestinationS3Uri": result.capture_uri,
-        "CaptureOptions": [{"CaptureMode": "Input"}, {"CaptureMode": "Output"}],
-        "CaptureContentTypeHeader": {"JsonContentTypes": ["application/json"]},
-    }
+    capture = capture_config(result.capture_uri, ctx.settings.capture_percentage)
     variant = {
         "VariantName": VARIANT,
         "ModelName": result.model_name,

@@ -41,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--lambda-idle-timeout",
         type=float,
-        default=float(os.environ.get("LOCAL_AWS_LAMBDA_IDLE_TIMEOUT", "900")),
+        default=float(os.environ.get("LOCAL_AWS_LAMBDA_IDLE_TIMEOUT", "300")),
         help="seconds an idle worker is kept warm",
     )
     parser.add_argument(
@@ -70,6 +70,11 @@ def main(argv: list[str] | None = None) -> int:
         help="do not evaluate IAM policies for role credentials (LOCAL_AWS_IAM_ENFORCE=0)",
     )
     parser.add_argument(
+        "--preload",
+        action="store_true",
+        help="load moto in the background once listening, not on the first request",
+    )
+    parser.add_argument(
         "--ready-file",
         type=Path,
         help="write {pid, port, endpoint_url} as JSON here once listening (use with --port 0)",
@@ -92,6 +97,7 @@ def main(argv: list[str] | None = None) -> int:
         lambda_isolation=not args.no_lambda_isolation,
         persist=not args.no_persist,
         iam_enforce=not args.no_iam_enforcement,
+        preload=args.preload,
     )
     config.state_dir.mkdir(parents=True, exist_ok=True)
     emulator = Emulator(config)
@@ -102,22 +108,50 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
     def stop(signum: int, frame: object) -> None:
-        logging.getLogger("local_aws").info("signal %d: shutting down", signum)
-        emulator.shutdown()
+        # Raised in the main thread, inside serve_forever's select: the loop ends now, not at
+        # its next 0.5 s poll. Later signals are ignored while stopping (SIGKILL still works).
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        raise _Stopping(signum)
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
-    if args.ready_file:
-        ready = {"pid": os.getpid(), "port": config.port, "endpoint_url": emulator.endpoint_url}
-        tmp = args.ready_file.with_suffix(".tmp")
-        tmp.write_text(json.dumps(ready))
-        tmp.replace(args.ready_file)
-    logging.getLogger("local_aws").info(
-        "ready on http://%s:%d (state %s)", config.host, config.port, config.state_dir
-    )
-    emulator.serve_forever()
-    emulator.runtime.shutdown()
-    return 0
+    try:
+        if args.ready_file:
+            ready = {
+                "pid": os.getpid(),
+                "port": config.port,
+                "endpoint_url": emulator.endpoint_url,
+            }
+            tmp = args.ready_file.with_suffix(".tmp")
+            tmp.write_text(json.dumps(ready))
+            tmp.replace(args.ready_file)
+        logging.getLogger("local_aws").info(
+            "ready on http://%s:%d (state %s)", config.host, config.port, config.state_dir
+        )
+        emulator.serve_forever()
+    except _Stopping as stopping:
+        logging.getLogger("local_aws").info("signal %d: shutting down", stopping.signum)
+    status = 0
+    try:
+        emulator.shutdown()  # workers killed together, then the state written and closed
+    except Exception:
+        logging.getLogger("local_aws").exception("shutdown failed")
+        status = 1
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # Everything is written: skip the interpreter's finalisation (it joins request and executor
+    # threads, which may be waiting on a killed worker, and tears down thousands of modules).
+    os._exit(status)
+
+
+class _Stopping(BaseException):
+    """SIGTERM or SIGINT arrived: leave serve_forever at once."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
 
 
 if __name__ == "__main__":

@@ -7,8 +7,17 @@ costs a few MB instead of a whole interpreter, and a cold start skips interprete
 imports. The child then does what a freshly started worker does (`lambda_sandbox.apply`: its own
 mount namespace, /var/task, /opt, /tmp) and runs awslambdaric.
 
-`awslambdaric.bootstrap` itself is imported only in the child: it reads the log format and level
-from the environment at import time, and those are per function.
+A cold start does not wait for a fork: one spare child is always forked ahead, and it imports
+what no function changes (`awslambdaric.bootstrap` and its Runtime API client) before any
+request names it. A request goes to the spare, which sets the function's environment, loads the
+native Runtime API client (it reads the API's address from the environment when loaded, so
+neither the server nor the spare can load it earlier), refreshes the two settings bootstrap read
+from the environment at import (log format and level), enters its sandbox and runs the runtime;
+the server forks the next spare after answering.
+
+Before forking anything, the server also builds one client of each of WARM_CLIENTS, so that
+botocore's parsed data files (the JSON that makes a first `boto3.client("s3")` cost 100-250 ms
+of CPU) are inherited by every environment, shared copy-on-write, instead of parsed in each.
 
 Requests go over a SOCK_SEQPACKET socket pair (one JSON message each, the log file's descriptor
 attached); the server answers with the child's pid and reports each child's exit status. When
@@ -23,14 +32,14 @@ import os
 import signal
 import socket
 import sys
+from collections.abc import Callable
 
 FD_VARIABLE = "_LOCAL_LAMBDA_FORKSERVER_FD"
 CONFIG_VARIABLE = "_LOCAL_LAMBDA_FORKSERVER"
 MAX_MESSAGE = 1 << 20
 # What every Python function environment needs: the runtime client's modules and boto3 (AWS's
-# Python runtimes include it). Not its bootstrap (it reads the log settings when imported) nor
-# its native Runtime API client (`runtime_client`: loaded before fork, every child's first
-# `next` fails, so the 11 ms of its import stay in each cold start).
+# Python runtimes include it). Not its bootstrap nor its native Runtime API client: the spare
+# imports those (see SPARE_PRELOAD).
 PRELOAD = (
     "awslambdaric.lambda_context",
     "awslambdaric.lambda_runtime_exception",
@@ -44,6 +53,15 @@ PRELOAD = (
     "runpy",
     "traceback",
 )
+# What the spare imports after its fork, ahead of its request (not `awslambdaric.__main__`: runpy
+# runs that as __main__, and warns when it is already imported).
+SPARE_PRELOAD = ("awslambdaric.lambda_runtime_client", "awslambdaric.bootstrap")
+# Spares kept forked ahead; each costs the few MB of pages its imports wrote.
+SPARES = 1
+# Services whose data botocore parses in the server (those the project's functions call; any
+# other service is parsed in the environment, as before). The three add ~15 MB RSS and ~0.2 s to
+# the server's start, and save each environment that makes a client of them ~13 MB of PSS.
+WARM_CLIENTS = ("s3", "sts", "sagemaker-runtime")
 
 
 # --- the emulator's side -----------------------------------------------------------------
@@ -209,6 +227,7 @@ def _serve() -> None:
 
     for name in PRELOAD:
         importlib.import_module(name)
+    _warm_botocore()
     import gc
     import select
 
@@ -220,38 +239,153 @@ def _serve() -> None:
     signal.signal(signal.SIGCHLD, lambda signum, frame: None)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     children: set[int] = set()
+    spares: dict[int, socket.socket] = {}  # pid -> the link its request goes over (oldest first)
+
+    def fork_spare() -> None:
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        pid = os.fork()
+        if pid == 0:
+            signal.set_wakeup_fd(-1)  # before its descriptors close: a signal would write there
+            signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+            for inherited in (channel, ours, *spares.values()):
+                inherited.close()
+            os.close(wake_read)
+            os.close(wake_write)
+            _spare(theirs, lambda_sandbox)
+        theirs.close()
+        spares[pid] = ours
+
+    for _ in range(SPARES):
+        fork_spare()
     _send(channel, {"ready": True, "pid": os.getpid()})
     while True:
         readable, _, _ = select.select([channel.fileno(), wake_read], [], [])
         if wake_read in readable:
             os.read(wake_read, 4096)
-        _reap(channel, children)
+        _reap(channel, children, spares)
         if channel.fileno() not in readable:
+            if len(spares) < SPARES:  # one died unused
+                fork_spare()
             continue
         data, fds, _, _ = socket.recv_fds(channel, MAX_MESSAGE, 1)
         if not data:  # the emulator is gone: so are its environments
-            for pid in children:
+            for pid in [*children, *spares]:
                 _kill_group(pid)
             os._exit(0)
         request = json.loads(data)
-        pid = os.fork()
-        if pid == 0:
-            channel.close()
-            os.close(wake_read)
-            os.close(wake_write)
-            _child(request, fds[0], lambda_sandbox)
+        spare = _hand_to_spare(spares, data, fds)
+        if spare is not None:
+            pid = spare
+        else:
+            pid = os.fork()
+            if pid == 0:
+                signal.set_wakeup_fd(-1)
+                signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+                for inherited in (channel, *spares.values()):
+                    inherited.close()
+                os.close(wake_read)
+                os.close(wake_write)
+                _child(request, fds[0], lambda_sandbox, prepared=None)
         for fd in fds:
             os.close(fd)
         children.add(pid)
         _send(channel, {"id": request["id"], "pid": pid})
+        while len(spares) < SPARES:  # after the answer: the next cold start's spare
+            fork_spare()
 
 
-def _child(request: dict, log_fd: int, lambda_sandbox: object) -> None:  # type: ignore[type-arg]
+def _warm_botocore() -> None:
+    """Parse botocore's data for WARM_CLIENTS once, into a cache every default loader shares.
+
+    botocore memoises each loaded file per loader (`Loader._cache`), and every client of one
+    session already shares its loader's entries; here loaders on the default search path (no
+    AWS_DATA_PATH) share one memo, filled before the fork. Nothing else changes: the files,
+    their content and the clients built from them are the same.
+    """
+    import botocore.loaders
+    import botocore.session
+
+    shared: dict[object, object] = {}
+    create_loader = botocore.session.create_loader
+
+    def sharing_loader(search_path_string: str | None = None) -> botocore.loaders.Loader:
+        loader = create_loader(search_path_string)
+        if search_path_string is None:
+            loader._cache = shared
+        return loader
+
+    botocore.session.create_loader = sharing_loader
+    session = botocore.session.Session()
+    for service in WARM_CLIENTS:
+        # Explicit keys: no credential lookup (nor instance metadata) in the server.
+        session.create_client(
+            service, region_name="us-east-1", aws_access_key_id="-", aws_secret_access_key="-"
+        )
+
+
+def _hand_to_spare(spares: dict[int, socket.socket], data: bytes, fds: list[int]) -> int | None:
+    """Send a request to the oldest spare; its pid, or None when none could take it."""
+    while spares:
+        pid = next(iter(spares))
+        link = spares.pop(pid)
+        try:
+            socket.send_fds(link, [data], fds)
+        except OSError:  # it died before its request: its exit is reaped, unreported
+            _kill_group(pid)
+            continue
+        finally:
+            link.close()
+        return pid
+    return None
+
+
+def _spare(link: socket.socket, lambda_sandbox: object) -> None:
+    """A child forked ahead: import what every environment needs, then wait for a request."""
+    try:
+        os.setsid()  # its own process group, killed as one
+        import importlib
+        import types
+
+        # The native Runtime API client reads the API's address from the environment when it
+        # is loaded, and the address comes with the request: until then a stand-in takes the
+        # initialisation `lambda_runtime_client` asks for at import.
+        stand_in = types.ModuleType("runtime_client")
+        deferred: list[str] = []
+        stand_in.initialize_client = deferred.append  # type: ignore[attr-defined]
+        sys.modules["runtime_client"] = stand_in
+        for name in SPARE_PRELOAD:
+            importlib.import_module(name)
+        del sys.modules["runtime_client"]
+        data, fds, _, _ = socket.recv_fds(link, MAX_MESSAGE, 1)
+        link.close()
+    except BaseException:
+        os._exit(1)
+    if not data or not fds:  # the server is gone (EOF) before a request came
+        os._exit(0)
+    _child(json.loads(data), fds[0], lambda_sandbox, prepared=lambda: _load_native(deferred))
+
+
+def _load_native(user_agent: list[str]) -> None:
+    """Load the native client now that the environment names the API; replace the stand-in."""
+    import runtime_client  # type: ignore[import-not-found]
+    from awslambdaric import lambda_runtime_client  # type: ignore[import-not-found]
+
+    runtime_client.initialize_client(*user_agent)
+    lambda_runtime_client.runtime_client = runtime_client
+
+
+def _child(
+    request: dict,  # type: ignore[type-arg]
+    log_fd: int,
+    lambda_sandbox: object,
+    prepared: Callable[[], object] | None,
+) -> None:
+    """Become the requested environment and run the runtime; `prepared`: a spare's deferred
+    initialisation of the native client, called once the function's environment is set."""
     code = 1
     try:
-        signal.set_wakeup_fd(-1)
-        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-        os.setsid()  # its own process group, killed as one
+        if prepared is None:
+            os.setsid()  # its own process group, killed as one
         os.dup2(log_fd, 1)
         os.dup2(log_fd, 2)
         os.close(log_fd)
@@ -263,6 +397,9 @@ def _child(request: dict, log_fd: int, lambda_sandbox: object) -> None:  # type:
         import time
 
         time.tzset()
+        if prepared is not None:
+            prepared()
+            _refresh_bootstrap_settings()
         plan = request["plan"]
         lambda_sandbox.apply(plan)  # type: ignore[attr-defined]
         import runpy
@@ -284,14 +421,30 @@ def _child(request: dict, log_fd: int, lambda_sandbox: object) -> None:  # type:
             os._exit(code)
 
 
-def _reap(channel: socket.socket, children: set[int]) -> None:
-    while children:
+def _refresh_bootstrap_settings() -> None:
+    """Read again what `awslambdaric.bootstrap` took from the environment when the spare imported
+    it: the function's log format and level (its only import-time settings)."""
+    from awslambdaric import bootstrap  # type: ignore[import-not-found]
+
+    bootstrap._AWS_LAMBDA_LOG_FORMAT = bootstrap.LogFormat.from_str(
+        os.environ.get("AWS_LAMBDA_LOG_FORMAT")
+    )
+    bootstrap._AWS_LAMBDA_LOG_LEVEL = bootstrap._get_log_level_from_env_var(
+        os.environ.get("AWS_LAMBDA_LOG_LEVEL")
+    )
+
+
+def _reap(channel: socket.socket, children: set[int], spares: dict[int, socket.socket]) -> None:
+    while True:
         try:
             pid, status = os.waitpid(-1, os.WNOHANG)
         except ChildProcessError:
             return
         if pid == 0:
             return
+        if pid in spares:  # died before any request: nobody to tell
+            spares.pop(pid).close()
+            continue
         children.discard(pid)
         _send(channel, {"exited": pid, "code": os.waitstatus_to_exitcode(status)})
 

@@ -3,7 +3,9 @@
 A config on a published version or an alias starts that many environments in the background
 (`AWS_LAMBDA_INITIALIZATION_TYPE=provisioned-concurrency`, no Init Duration on their first
 invocation, never reaped as idle); its Status is IN_PROGRESS until they are all initialised,
-then READY, as on AWS. Configs live on the function (they are lost with it).
+then READY, as on AWS. Configs live on the function (they are lost with it). An alias moved to
+another version takes its config along, as on AWS: the new version is provisioned (IN_PROGRESS
+again until it is READY) and the old one's environments become ordinary warm ones.
 """
 
 from __future__ import annotations
@@ -21,6 +23,14 @@ from .lambda_spec import FunctionSpec
 PATH = (
     r"{0}/(?P<api_version>[^/]+)/functions/(?P<function_name>[\w_:%-]+)/provisioned-concurrency/?$"
 )
+
+
+_restore: Callable[[], int] | None = None
+
+
+def restore_configs() -> int:
+    """After persisted Lambda state is loaded: provision its configs again; how many."""
+    return _restore() if _restore is not None else 0
 
 
 def install(
@@ -102,6 +112,55 @@ def install(
         ).start()
         return 204, {}, ""
 
+    from moto.awslambda import models
+
+    original_update_alias = models.LambdaBackend.update_alias
+
+    def update_alias(self: Any, name: str, function_name: str, *args: Any, **kwargs: Any) -> Any:
+        before = self.get_function(function_name, name)  # the version the alias names now
+        alias = original_update_alias(self, name, function_name, *args, **kwargs)
+        latest = self.get_function(function_name, None)
+        config = getattr(latest, "provisioned_configs", {}).get(name)
+        after = self.get_function(function_name, name)
+        if config is not None and after is not before:
+            threading.Thread(
+                target=_move,
+                args=(before, after, config["requested"]),
+                daemon=True,
+                name="lambda-provision",
+            ).start()
+        return alias
+
+    def _provision(version: Any, count: int) -> None:
+        code = lambda: version.code_bytes  # noqa: E731
+        runtime.provision(spec_of(version), code, lambda: layer_zips(version), count)
+
+    def _move(before: Any, after: Any, requested: int) -> None:
+        _provision(after, requested)
+        _provision(before, 0)  # its environments become ordinary warm ones
+
+    def restore() -> int:
+        """Start the environments of every config restored from disk (a restart lost them)."""
+        started = 0
+        for _, regions in list(models.lambda_backends.items()):
+            for backend in list(regions.values()):
+                for latest in list(backend.list_functions()):
+                    for qualifier, config in list(
+                        getattr(latest, "provisioned_configs", {}).items()
+                    ):
+                        version = backend.get_function(latest.function_name, qualifier)
+                        threading.Thread(
+                            target=_provision,
+                            args=(version, config["requested"]),
+                            daemon=True,
+                            name="lambda-provision",
+                        ).start()
+                        started += 1
+        return started
+
+    global _restore
+    _restore = restore
+    models.LambdaBackend.update_alias = update_alias  # type: ignore[method-assign]
     urls.url_paths[PATH] = responses.LambdaResponse.dispatch
     response_class: Any = responses.LambdaResponse
     response_class.put_provisioned_concurrency_config = put_provisioned_concurrency_config

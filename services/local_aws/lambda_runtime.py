@@ -84,7 +84,7 @@ class LambdaRuntime:
         self,
         state_dir: Path,
         max_concurrency: int = 16,
-        idle_timeout_s: float = 900.0,
+        idle_timeout_s: float = 300.0,
         extra_env: dict[str, str] | None = None,
         log_sink: Callable[[Worker, list[str]], None] | None = None,
         isolate: bool = True,

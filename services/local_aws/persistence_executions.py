@@ -10,7 +10,7 @@ from typing import Any
 
 from .persistence_blobs import BlobStore
 from .persistence_files import atomic_write, frame, read_frames
-from .persistence_pickle import StateUnpickler, dump
+from .persistence_pickle import LOST_BY_RESTART, StateUnpickler, dump
 
 
 class ExecutionJournal:
@@ -26,14 +26,26 @@ class ExecutionJournal:
         self._lock = threading.Lock()
         self._file: Any = None
 
-    def load(self) -> int:
-        """Put every journaled execution back into its state machine; return how many."""
+    def latest(self) -> tuple[dict[str, tuple[str, Any]], int]:
+        """Each execution's latest record by ARN, an end record before any other; records read.
+
+        A start record can land after the end record (an execution faster than the fsync of
+        its start): an end is final, so a later record of the execution running is ignored.
+        """
         latest: dict[str, tuple[str, Any]] = {}
         records = 0
         for payload in read_frames(self.path):
             machine_arn, execution = StateUnpickler(io.BytesIO(payload), self._blobs).load()
-            latest[execution.exec_arn] = (machine_arn, execution)
             records += 1
+            previous = latest.get(execution.exec_arn)
+            if previous is not None and ended(previous[1]) and not ended(execution):
+                continue
+            latest[execution.exec_arn] = (machine_arn, execution)
+        return latest, records
+
+    def load(self) -> int:
+        """Put every journaled execution back into its state machine; return how many."""
+        latest, records = self.latest()
         if not latest:  # nothing to restore: leave moto's ASL parser unimported (3 s, 140 MB)
             self._file = open(self.path, "ab")  # noqa: SIM115 (kept open for appends)
             return 0
@@ -78,6 +90,12 @@ class ExecutionJournal:
             if self._file is not None:
                 self._file.close()
                 self._file = None
+
+
+def ended(execution: Any) -> bool:
+    """Whether a restored record is an execution's end (not one running at the record)."""
+    # A record of a running execution is restored as FAILED with LOST_BY_RESTART.
+    return execution.error != LOST_BY_RESTART
 
 
 def _state_machines() -> dict[str, Any]:

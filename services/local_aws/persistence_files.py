@@ -6,33 +6,18 @@ from __future__ import annotations
 import logging
 import os
 import struct
-import uuid
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
+# The emulator's modules import these two from here (one copy, shared with sagemaker-local).
+from ..durable_files import atomic_write, fsync_dir
+
+__all__ = ["atomic_write", "frame", "fsync_dir", "read_frames"]
+
 log = logging.getLogger("local_aws.persistence")
 
 _FRAME = struct.Struct(">II")  # payload length, crc32
-
-
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def atomic_write(path: Path, data: bytes) -> None:
-    """Write-then-rename with fsync: after a crash the file is the old or the new one."""
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    with open(tmp, "wb") as file:
-        file.write(data)
-        file.flush()
-        os.fsync(file.fileno())
-    os.replace(tmp, path)
-    fsync_dir(path.parent)
 
 
 def frame(payload: bytes) -> bytes:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import pickle
+import sys
 import tempfile
 import threading
 import time
@@ -24,6 +25,11 @@ SNAPSHOT_SERVICES: dict[str, tuple[str, str]] = {
     "logs": ("moto.logs.models", "logs_backends"),
 }
 FORMAT_VERSION = 1
+# The error of an execution that was running when the emulator stopped (it cannot resume).
+LOST_BY_RESTART = "Local.EmulatorRestarted"
+END_EVENT_TYPES = frozenset(
+    {"ExecutionSucceeded", "ExecutionFailed", "ExecutionAborted", "ExecutionTimedOut"}
+)
 
 
 def backend_dict(service: str) -> Any:
@@ -61,13 +67,18 @@ class _Pickler(pickle.Pickler):
         self._backend_by_reference = backend_by_reference
 
     def persistent_id(self, obj: Any) -> Any:
-        from moto.s3.models import FakeKey
-        from moto.stepfunctions.models import StepFunctionBackend
-
-        if self._backend_by_reference and isinstance(obj, StepFunctionBackend):
+        # Types of modules never imported have no instances: looking them up must not import
+        # them (moto's Step Functions models pull in the ASL parser: ~1 s and ~130 MB).
+        backend_type = _loaded_type("moto.stepfunctions.models", "StepFunctionBackend")
+        if (
+            self._backend_by_reference
+            and backend_type is not None
+            and isinstance(obj, backend_type)
+        ):
             # An execution's state machine points at its backend: name it, do not copy it.
             return ("sfn-backend", obj.account_id, obj.region_name, None)
-        if type(obj) is FakeKey or isinstance(obj, FakeKey):
+        key_type = _loaded_type("moto.s3.models", "FakeKey")
+        if key_type is not None and isinstance(obj, key_type):
             blob_id = self._blobs.persist_key(obj)
             if blob_id:
                 self._referenced.add(blob_id)
@@ -88,8 +99,8 @@ class _Pickler(pickle.Pickler):
             return _new_lock, (type(obj) is _RLOCK_TYPE,)
         if isinstance(obj, threading.Thread | threading.Event | threading.Condition):
             return _none, ()
-        execution_type = _parser_execution_type()
-        if isinstance(obj, execution_type):
+        execution_type = _loaded_type("moto.stepfunctions.parser.backend.execution", "Execution")
+        if execution_type is not None and isinstance(obj, execution_type):
             if self._skip_executions:
                 return _none, ()  # executions live in their own journal
             return _restore_execution, (type(obj), _execution_state(obj))
@@ -121,10 +132,11 @@ def _none() -> None:
     return None
 
 
-def _parser_execution_type() -> type:
-    from moto.stepfunctions.parser.backend.execution import Execution
-
-    return Execution
+def _loaded_type(module: str, name: str) -> Any:
+    """`module.name` if that module is imported already, else None (never imports it)."""
+    loaded = sys.modules.get(module)
+    found = getattr(loaded, name, None) if loaded is not None else None
+    return found if isinstance(found, type) else None
 
 
 def _execution_state(execution: Any) -> dict[str, Any]:
@@ -146,10 +158,21 @@ def _restore_execution(cls: Any, state: dict[str, Any]) -> Any:
         import datetime
 
         execution.exec_status = ExecutionStatus.FAILED
-        execution.error = "Local.EmulatorRestarted"
+        execution.error = LOST_BY_RESTART
         execution.cause = "The local emulator stopped while this execution ran."
         execution.stop_date = datetime.datetime.now(tz=datetime.UTC)
+        history = execution.__dict__.get("exec_worker")
+        if isinstance(history, FrozenHistory):
+            # Its end event may have been recorded before the emulator stopped, never its end:
+            # a FAILED execution's history does not end with ExecutionSucceeded.
+            history._events = [e for e in history._events if not is_end_event(e)]
     return execution
+
+
+def is_end_event(event: Any) -> bool:
+    """Whether a history event is the execution's own end (succeeded, failed, ...)."""
+    kind = event.get("type") if isinstance(event, dict) else None
+    return str(getattr(kind, "value", kind)) in END_EVENT_TYPES
 
 
 class StateUnpickler(pickle.Unpickler):

@@ -51,23 +51,39 @@ def _signed_service(environ: Mapping[str, Any]) -> str | None:
     return parts[3] if len(parts) >= 5 else None
 
 
-def s3_target(environ: Mapping[str, Any]) -> tuple[str, str | None] | None:
-    """(bucket, key) of a key-level S3 change, (bucket, None) for no change, None: bucket-level."""
+def _bucket_key(environ: Mapping[str, Any]) -> tuple[str, str]:
     path = str(environ.get("PATH_INFO", "/"))
     # WSGI gives the raw path as latin-1 text; object keys are UTF-8.
     path = path.encode("latin-1").decode("utf-8", "replace")
-    query = parse_qs(str(environ.get("QUERY_STRING", "")), keep_blank_values=True)
     host = str(environ.get("HTTP_HOST", "")).split(":")[0].lower()
     labels = host.split(".")
     if len(labels) > 1 and labels[0] not in ("s3", "localhost") and not host[0].isdigit():
-        bucket, key = labels[0], path.lstrip("/")
-    else:
-        bucket, _, key = path.lstrip("/").partition("/")
+        return labels[0], path.lstrip("/")
+    bucket, _, key = path.lstrip("/").partition("/")
+    return bucket, key
+
+
+def s3_multipart_target(environ: Mapping[str, Any]) -> tuple[str, str] | None:
+    """(bucket, key) whose multipart uploads a request changed: create, part, complete, abort."""
+    method = str(environ.get("REQUEST_METHOD", "")).upper()
+    query = parse_qs(str(environ.get("QUERY_STRING", "")), keep_blank_values=True)
+    bucket, key = _bucket_key(environ)
+    if not bucket or not key or method not in ("POST", "PUT", "DELETE"):
+        return None
+    if "uploads" in query or "uploadId" in query:
+        return bucket, key
+    return None
+
+
+def s3_target(environ: Mapping[str, Any]) -> tuple[str, str | None] | None:
+    """(bucket, key) of a key-level S3 change, (bucket, None) for no change, None: bucket-level."""
+    query = parse_qs(str(environ.get("QUERY_STRING", "")), keep_blank_values=True)
+    bucket, key = _bucket_key(environ)
     method = str(environ.get("REQUEST_METHOD", "")).upper()
     if not bucket or not key:
         return None
     if "uploads" in query or ("partNumber" in query and method == "PUT"):
-        return bucket, None  # a multipart upload in progress is not persisted
+        return bucket, None  # no object changed: the upload is journaled (s3_multipart_target)
     if set(query) - _KEY_QUERY:
         return None  # tagging, ACL, retention...: kept outside the key, snapshot instead
     return bucket, key

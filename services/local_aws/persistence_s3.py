@@ -1,5 +1,6 @@
 """S3 metadata on disk: a snapshot generation of the S3 backends plus its journal of key
-changes, compacted into the next generation (unreferenced blobs removed then)."""
+changes and of multipart uploads in progress, compacted into the next generation (unreferenced
+blobs removed then)."""
 
 from __future__ import annotations
 
@@ -24,6 +25,8 @@ from .persistence_pickle import (
 log = logging.getLogger("local_aws.persistence")
 
 COMPACT_RECORDS = 20_000
+# First field of a journal record of a key's multipart uploads (no bucket name has a '#').
+MULTIPARTS_RECORD = "#multiparts"
 
 
 class S3Store:
@@ -48,6 +51,13 @@ class S3Store:
             install_backends(s3_backends, data["backends"])
             s3_backends.bucket_accounts.update(data["bucket_accounts"])
         for record in self._read_journal(self._journal_path(self.generation)):
+            if record[0] == MULTIPARTS_RECORD:
+                _, bucket_name, key_name, uploads = record
+                bucket = _find_bucket(bucket_name)
+                if bucket is not None:
+                    _replace_uploads(bucket, key_name, uploads)
+                self.records += 1
+                continue
             bucket_name, key_name, versions = record
             bucket = _find_bucket(bucket_name)
             if bucket is None:
@@ -98,6 +108,21 @@ class S3Store:
         versions = list(bucket.keys.getlist(key_name, []) or [])
         referenced: set[str] = set()
         payload = dump((bucket_name, key_name, versions), self.blobs, referenced)
+        self._append(payload)
+
+    def write_upload_blobs(self, bucket_name: str, key_name: str) -> None:
+        """Write the bytes of the parts of a key's multipart uploads that have no blob yet."""
+        for upload in _uploads_of(_find_bucket(bucket_name), key_name).values():
+            for part in list(upload.parts.values()):
+                self.blobs.persist_key(part)
+
+    def record_uploads(self, bucket_name: str, key_name: str) -> None:
+        """Journal the multipart uploads in progress for one key (their parts' blobs named)."""
+        uploads = _uploads_of(_find_bucket(bucket_name), key_name)
+        payload = dump((MULTIPARTS_RECORD, bucket_name, key_name, uploads), self.blobs, set())
+        self._append(payload)
+
+    def _append(self, payload: bytes) -> None:
         self.blobs.sync()
         self._journal.write(frame(payload))
         self._journal.flush()
@@ -142,6 +167,18 @@ def _all_buckets() -> Iterator[tuple[str, Any]]:
     for _, regions in list(s3_backends.items()):
         for backend in list(regions.values()):
             yield from list(backend.buckets.items())
+
+
+def _uploads_of(bucket: Any, key_name: str) -> dict[str, Any]:
+    if bucket is None:
+        return {}
+    return {i: u for i, u in list(bucket.multiparts.items()) if u.key_name == key_name}
+
+
+def _replace_uploads(bucket: Any, key_name: str, uploads: dict[str, Any]) -> None:
+    for upload_id in _uploads_of(bucket, key_name):
+        dict.__delitem__(bucket.multiparts, upload_id)  # moto's __delitem__ disposes the parts
+    bucket.multiparts.update(uploads)
 
 
 def _find_bucket(name: str) -> Any:

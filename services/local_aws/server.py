@@ -4,6 +4,12 @@ moto serves S3, IAM, STS, Lambda, Step Functions and CloudWatch Logs. Two things
 Step Functions executes state machines (moto's own interpreter, which calls Lambda back on this
 server), and Lambda runs code in warm `awslambdaric` workers (`lambda_runtime`) instead of
 moto's Docker path.
+
+Start-up is lazy. The socket is bound and the health check answered before moto is imported
+(moto and its boto3 cost ~0.4 s and ~45 MB): a fresh emulator loads moto on its first other
+request (`load_backends`), and moto loads each service's backend on that service's first request.
+An emulator with persisted state restores it before it answers, except Step Functions, restored
+with its patches on the first Step Functions request (they import moto's ASL parser).
 """
 
 from __future__ import annotations
@@ -18,15 +24,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from werkzeug.serving import BaseWSGIServer, make_server
+from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler, make_server
 
 from .. import browser_guard
 from . import (
     iam_authorize,
     iam_enforcement,
+    lambda_provisioned,
     persistence,
-    stepfunctions_parity,
     stepfunctions_speedups,
+    whole_responses,
 )
 from .lambda_runtime import LambdaRuntime
 from .lambda_worker import Worker
@@ -45,7 +52,7 @@ class EmulatorConfig:
     port: int = 4566
     state_dir: Path = field(default_factory=lambda: Path(".state"))
     lambda_concurrency: int = 16
-    lambda_idle_timeout_s: float = 900.0
+    lambda_idle_timeout_s: float = 300.0
     # Lambda code sees only the standard library and boto3, as on AWS (False: the whole venv).
     lambda_isolation: bool = True
     # Extra variables for Lambda code, e.g. AWS_ENDPOINT_URL_SAGEMAKER_RUNTIME for sagemaker-local.
@@ -56,6 +63,9 @@ class EmulatorConfig:
     persist: bool = field(default_factory=persistence.enabled_by_environment)
     # IAM policies enforced for role (STS session) credentials (see iam_enforcement.py).
     iam_enforce: bool = field(default_factory=iam_enforcement.enabled_by_environment)
+    # Load moto in the background once bound, not on the first request (`make up`: a deploy
+    # and sagemaker-local's STS call follow at once). Off: a fresh emulator stays small.
+    preload: bool = False
 
 
 class Emulator:
@@ -77,56 +87,94 @@ class Emulator:
         )
         self._async_pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="lambda-event")
         self._app: Any = None
+        self._moto_app: Any = None  # moto's dispatcher, once `load_backends` ran
+        self._backends_lock = threading.Lock()
         self._stepfunctions_lock = threading.Lock()
         self._stepfunctions_ready = False
 
     def bind(self) -> None:
-        """Configure moto and bind the listening socket (fails fast if the port is taken)."""
+        """Bind the listening socket (fails fast if the port is taken); restore persisted state.
+
+        moto itself is not imported here unless there is state to restore: see `load_backends`.
+        """
         import os
 
-        from moto.core.config import default_user_config
-        from moto.moto_server.werkzeug_app import (
-            DomainDispatcherApplication,
-            MotoRequestHandler,
-            create_backend_app,
-        )
-
-        default_user_config["stepfunctions"]["execute_state_machine"] = True
-        default_user_config["core"]["service_whitelist"] = None
-        _install_lambda_runtime(self)
         if self.config.persist:
             self.persistence = persistence.Persistence(self.config.state_dir / "persist")
-            self.restored = self.persistence.load()
-            log.info("state restored from %s: %s", self.persistence.root, self.restored)
-        moto_app = DomainDispatcherApplication(create_backend_app)
-        app = self._wsgi(moto_app)
+        self._app = self._wsgi()
         self._server = make_server(
             self.config.host,
             self.config.port,
-            app,
+            self._app,
             threaded=True,
-            request_handler=MotoRequestHandler,
+            request_handler=_LazyMotoHandler,
         )
-        self._app = app
+        self._server.emulator = self  # type: ignore[attr-defined]  # for _LazyMotoHandler
         self.config.port = self._server.server_address[1]
         # moto's Step Functions interpreter calls Lambda on localhost:$MOTO_PORT.
         os.environ["MOTO_PORT"] = str(self.config.port)
         self.runtime.extra_env.setdefault("AWS_ENDPOINT_URL", self.endpoint_url)
+        if self.persistence is not None and self.persistence.has_state():
+            # A restart answers only once its state is back (a failed restore exits here).
+            self.load_backends()
+        elif self.config.preload:
+            threading.Thread(target=self._preload, daemon=True, name="preload").start()
+
+    def _preload(self) -> None:
+        try:
+            self.load_backends()
+        except Exception:  # the first request retries it and answers 500 with the traceback
+            log.exception("loading moto in the background failed")
+
+    def load_backends(self) -> None:
+        """moto, its Lambda patches and the restored state: once, before the first request.
+
+        Step Functions (its patches and its state) waits for its own first request.
+        """
+        if self._moto_app is not None:
+            return
+        with self._backends_lock:
+            if self._moto_app is not None:
+                return
+            started = time.perf_counter()
+            from moto.core.config import default_user_config
+            from moto.moto_server.werkzeug_app import (
+                DomainDispatcherApplication,
+                create_backend_app,
+            )
+
+            from . import moto_imports
+
+            moto_imports.install()  # before anything imports the ASL parser (moto.batch -> ec2)
+            default_user_config["stepfunctions"]["execute_state_machine"] = True
+            default_user_config["core"]["service_whitelist"] = None
+            _install_lambda_runtime(self)
+            if self.persistence is not None:
+                self.restored = self.persistence.load()
+                # Provisioned environments are processes: a restart starts them again.
+                self.restored["provisioned_concurrency"] = lambda_provisioned.restore_configs()
+                log.info("state restored from %s: %s", self.persistence.root, self.restored)
+            if self._server is not None:  # new connections get moto's handler directly
+                self._server.RequestHandlerClass = whole_responses.moto_handler()
+            self._moto_app = DomainDispatcherApplication(create_backend_app)
+            log.info("moto loaded in %.0f ms", (time.perf_counter() - started) * 1000)
 
     def _install_stepfunctions(self) -> None:
         """Step Functions' patches, on the first Step Functions request, not at start-up.
 
-        They import moto's ASL parser and every state module (3.2 s and ~140 MB PSS measured
-        in a fresh interpreter): an emulator used only for S3 or Lambda never pays that.
+        They import moto's ASL parser and every state module (0.2-0.5 s and ~13 MB with
+        `moto_imports`; 2.2-3.3 s and ~110 MB without): S3 or Lambda alone never pays that.
         """
         with self._stepfunctions_lock:
             if self._stepfunctions_ready:
                 return
+            from . import stepfunctions_parity  # imports jsonata: only Step Functions needs it
+
             stepfunctions_parity.install()  # JSONata, Express, TestState, Wait/Retry time
             if self.config.sfn_speedups:
                 stepfunctions_speedups.install(self._app, self._server)
             if self.persistence is not None:
-                self.persistence.install_stepfunctions_hooks()
+                self.restored.update(self.persistence.load_stepfunctions())
             self._stepfunctions_ready = True
 
     @property
@@ -134,7 +182,7 @@ class Emulator:
         """The URL clients (and Lambda code) use to reach this emulator."""
         return f"http://{_client_host(self.config.host)}:{self.config.port}"
 
-    def _wsgi(self, moto_app: Any) -> Any:
+    def _wsgi(self) -> Any:
         def app(environ: dict[str, Any], start_response: Any) -> Any:
             # Before moto (and its permissive CORS) sees anything: see services/browser_guard.py.
             refused = browser_guard.wsgi_refusal(environ, (self.config.host,))
@@ -147,6 +195,7 @@ class Emulator:
                     [("Content-Type", "application/json"), ("Content-Length", str(len(body)))],
                 )
                 return [body]
+            self.load_backends()  # a no-op after the first request (moto's handler loads it)
             if environ.get("PATH_INFO") == iam_authorize.PATH:  # sagemaker-local asks here
                 return iam_authorize.serve(environ, start_response, self.config.iam_enforce)
             if not self._stepfunctions_ready and _is_stepfunctions(environ):
@@ -154,12 +203,16 @@ class Emulator:
             if self.config.iam_enforce:
                 denied = _iam_denial(environ)
                 if denied is not None:
-                    start_response(f"{denied.status} Forbidden", denied.headers)
+                    # With its length: a client that sent `Expect: 100-continue` and its body
+                    # would otherwise wait for the end of the connection while werkzeug waits
+                    # for the client to finish (a denied S3 PUT hung until its read timeout).
+                    length = ("Content-Length", str(len(denied.body)))
+                    start_response(f"{denied.status} Forbidden", [*denied.headers, length])
                     return [denied.body]
             store = self.persistence
             if store is None:
-                return moto_app(environ, start_response)
-            return _persisting(store, moto_app, environ, start_response)
+                return self._moto_app(environ, start_response)
+            return _persisting(store, self._moto_app, environ, start_response)
 
         return app
 
@@ -177,6 +230,10 @@ class Emulator:
             "state_dir": str(self.config.state_dir),
             "persistence": self.persistence.stats if self.persistence else False,
             "restored": self.restored,
+            # False until the first request other than this one (or a restore) imported moto.
+            "backends_loaded": self._moto_app is not None,
+            # False until the first Step Functions request (its patches and restored state).
+            "stepfunctions_loaded": self._stepfunctions_ready,
             "iam_enforcement": self.config.iam_enforce,
             "stepfunctions_speedups": (
                 speedups.stats()
@@ -193,18 +250,44 @@ class Emulator:
         self._server.serve_forever()
 
     def shutdown(self) -> None:
-        """Stop serving and stop every Lambda worker."""
+        """Stop serving, stop every Lambda worker (all at once), then write and close the state."""
         if self._server is not None:
             threading.Thread(target=self._server.shutdown, daemon=True).start()
         self._async_pool.shutdown(wait=False, cancel_futures=True)
-        self.runtime.shutdown()
-        if self.persistence is not None:
-            self.persistence.close()
+        try:
+            self.runtime.shutdown()
+        finally:  # the state is written even if a worker could not be stopped
+            if self.persistence is not None:
+                self.persistence.close()
 
     def _write_logs(self, worker: Worker, lines: list[str]) -> None:
-        _write_cloudwatch_logs(worker, lines)
-        if self.persistence is not None:
-            self.persistence.changed_in_background("logs")
+        if self.persistence is None:
+            _write_cloudwatch_logs(worker, lines)
+            return
+        with self.persistence.guard("logs"):  # not while the Logs snapshot is pickled
+            _write_cloudwatch_logs(worker, lines)
+        self.persistence.changed_in_background("logs")
+
+
+class _LazyMotoHandler(whole_responses.WholeResponses, WSGIRequestHandler):
+    """werkzeug's request handler until moto is loaded; then moto's, for every request.
+
+    The health check is answered without moto. Any other request loads moto first and then has
+    its environ built by moto's handler (which keeps the underscores of S3 metadata headers):
+    this handler object becomes one of moto's, as every later connection's is from the start.
+    """
+
+    def make_environ(self) -> Any:
+        """The WSGI environ; loads moto first unless this is the health check."""
+        if self.path.partition("?")[0] != HEALTH_PATH:
+            try:
+                self.server.emulator.load_backends()  # type: ignore[attr-defined]
+            except Exception:  # the application retries it and answers 500 with the traceback
+                return super().make_environ()
+            # Same base class and no slots: switching this handler to moto's keeps its state.
+            self.__class__ = self.server.RequestHandlerClass  # type: ignore[assignment]
+            return self.make_environ()
+        return super().make_environ()
 
 
 def _persisting(
@@ -223,7 +306,8 @@ def _persisting(
         status.append(int(status_line.split(None, 1)[0]))
         return start_response(status_line, headers, exc_info)
 
-    result = moto_app(environ, recording_start_response)
+    with store.request_guard(environ, body):  # its snapshot is not pickled meanwhile
+        result = moto_app(environ, recording_start_response)
     if status:
         store.after_request(environ, body, status[0])
     return result

@@ -191,13 +191,25 @@ def _require_trust(role_arn: str, region: str) -> None:
 # Installation
 
 
+def interpreter_client_config(**extra: Any) -> Any:
+    """The botocore `Config` of moto's `boto_client_for` (moto 5.2.5), plus `extra` options."""
+    from botocore.config import Config
+    from moto.stepfunctions.parser.asl.component.common.timeouts.timeout import TimeoutSeconds
+
+    return Config(
+        parameter_validation=False,
+        retries={"max_attempts": 0, "total_max_attempts": 1},
+        connect_timeout=TimeoutSeconds.DEFAULT_TIMEOUT_SECONDS,
+        read_timeout=TimeoutSeconds.DEFAULT_TIMEOUT_SECONDS,
+        **extra,
+    )
+
+
 def role_client_for(region: str, service: str, state_credentials: Any = None) -> Any:
     """moto's `boto_client_for` (moto 5.2.5), signing with the task's role."""
     import boto3
-    from botocore.config import Config
     from moto.core.models import botocore_stubber
     from moto.settings import moto_server_port
-    from moto.stepfunctions.parser.asl.component.common.timeouts.timeout import TimeoutSeconds
 
     kwargs: dict[str, Any] = {}
     if not botocore_stubber.enabled:
@@ -205,12 +217,7 @@ def role_client_for(region: str, service: str, state_credentials: Any = None) ->
     return boto3.client(
         region_name=region,
         service_name=service,
-        config=Config(
-            parameter_validation=False,
-            retries={"max_attempts": 0, "total_max_attempts": 1},
-            connect_timeout=TimeoutSeconds.DEFAULT_TIMEOUT_SECONDS,
-            read_timeout=TimeoutSeconds.DEFAULT_TIMEOUT_SECONDS,
-        ),
+        config=interpreter_client_config(),
         **client_arguments(credentials_for(state_credentials)),
         **kwargs,
     )

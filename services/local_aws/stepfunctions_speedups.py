@@ -164,21 +164,13 @@ class ClientCache:
     def _new_client(region: str, service: str, endpoint: str | None, credentials: Any) -> Any:
         # The configuration of moto's boto_client_for (moto 5.2.5), plus a larger pool.
         import boto3
-        from botocore.config import Config
-        from moto.stepfunctions.parser.asl.component.common.timeouts.timeout import (
-            TimeoutSeconds,
-        )
 
         kwargs = {"endpoint_url": endpoint} if endpoint else {}
         return boto3.session.Session().client(
             region_name=region,
             service_name=service,
-            config=Config(
-                parameter_validation=False,
-                retries={"max_attempts": 0, "total_max_attempts": 1},
-                connect_timeout=TimeoutSeconds.DEFAULT_TIMEOUT_SECONDS,
-                read_timeout=TimeoutSeconds.DEFAULT_TIMEOUT_SECONDS,
-                max_pool_connections=CLIENT_POOL_CONNECTIONS,
+            config=stepfunctions_roles.interpreter_client_config(
+                max_pool_connections=CLIENT_POOL_CONNECTIONS
             ),
             **stepfunctions_roles.client_arguments(credentials),
             **kwargs,

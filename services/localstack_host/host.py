@@ -24,6 +24,8 @@ from pathlib import Path
 import boto3
 from botocore.config import Config
 
+from services.service_process import spawn_logged
+
 from .environment import LOCALSTACK_VERSION, LocalStackEnvironment
 
 SERVICES = ("s3", "lambda", "stepfunctions", "iam", "sts", "logs", "events")
@@ -139,16 +141,9 @@ def start(environment: LocalStackEnvironment, state_dir: Path, port: int) -> Run
     # LocalStack reads every config name also with a LOCALSTACK_ prefix: none may leak in.
     env.update(settings(port, state_dir))
     started = time.monotonic()
-    with open(log_path, "ab") as log:
-        process = subprocess.Popen(
-            [str(environment.python), "-m", "localstack.runtime.main"],
-            cwd=state_dir,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+    process = spawn_logged(
+        [str(environment.python), "-m", "localstack.runtime.main"], log_path, state_dir, env
+    )
     endpoint_url = f"http://127.0.0.1:{port}"
     try:
         account = wait_ready(endpoint_url, process, log_path, started)

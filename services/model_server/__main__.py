@@ -40,6 +40,83 @@ def _env(*names: str, default: str) -> str:
     return default
 
 
+# (flag, type, environment variables in precedence order, default, help); `None` help: no help.
+_FLAGS: tuple[tuple[str, type, tuple[str, ...], str, str | None], ...] = (
+    (
+        "--model-dir",
+        str,
+        ("SM_MODEL_DIR",),
+        "/opt/ml/model",
+        "the unpacked model: weights and code/inference.py",
+    ),
+    ("--port", int, ("SAGEMAKER_BIND_TO_PORT", "MODEL_SERVER_PORT"), "8080", None),
+    (
+        "--workers",
+        int,
+        ("SAGEMAKER_MODEL_SERVER_WORKERS", "MODEL_SERVER_WORKERS"),
+        "1",
+        "worker processes, each with the model loaded",
+    ),
+    (
+        "--threads-per-worker",
+        int,
+        ("MODEL_SERVER_THREADS_PER_WORKER",),
+        "0",
+        "torch intra-op threads in each worker; 0: the CPUs left to the front end, shared",
+    ),
+    ("--max-batch-size", int, ("MODEL_SERVER_MAX_BATCH_SIZE",), "8", None),
+    (
+        "--max-batch-delay-ms",
+        float,
+        ("MODEL_SERVER_MAX_BATCH_DELAY_MS",),
+        "0",
+        "how long a request may wait for others to share its batch",
+    ),
+    (
+        "--request-timeout",
+        float,
+        ("SAGEMAKER_MODEL_SERVER_TIMEOUT", "MODEL_SERVER_TIMEOUT"),
+        "60",
+        "seconds a batch may take before its worker is replaced",
+    ),
+    (
+        "--graceful-timeout",
+        float,
+        ("MODEL_SERVER_GRACEFUL_TIMEOUT",),
+        "30",
+        "seconds SIGTERM waits for in-flight requests",
+    ),
+    (
+        "--content-types",
+        str,
+        ("MODEL_SERVER_CONTENT_TYPES",),
+        ",".join(DEFAULT_CONTENT_TYPES),
+        "comma-separated request content types passed to input_fn (others get 415)",
+    ),
+    (
+        "--max-queue",
+        int,
+        ("MODEL_SERVER_MAX_QUEUE",),
+        "256",
+        "invocations that may wait for a worker; beyond it the answer is 503 (retryable)",
+    ),
+    (
+        "--max-image-pixels",
+        int,
+        ("MODEL_SERVER_MAX_IMAGE_PIXELS",),
+        str(DEFAULT_MAX_PIXELS),
+        "largest image canvas decoded (pixels); larger ones get 400 before decoding",
+    ),
+    (
+        "--max-image-bytes",
+        int,
+        ("MODEL_SERVER_MAX_IMAGE_BYTES",),
+        str(DEFAULT_MAX_BYTES),
+        "largest decoded image (bytes); larger ones get 400 before decoding",
+    ),
+)
+
+
 def parse_config(argv: list[str] | None = None, container: bool = False) -> ServerConfig:
     """Read the settings from flags, then environment variables, then defaults."""
     parser = argparse.ArgumentParser(
@@ -49,76 +126,15 @@ def parse_config(argv: list[str] | None = None, container: bool = False) -> Serv
     # SageMaker starts the image as `docker run IMAGE serve`; accept that word as a no-op.
     parser.add_argument("command", nargs="?", choices=["serve"], help=argparse.SUPPRESS)
     parser.add_argument(
-        "--model-dir",
-        default=_env("SM_MODEL_DIR", default="/opt/ml/model"),
-        help="the unpacked model: weights and code/inference.py",
-    )
-    parser.add_argument(
         "--host",
         default=_env("MODEL_SERVER_HOST", default="0.0.0.0" if container else "127.0.0.1"),
         help="address to bind (0.0.0.0 as the container's serve, 127.0.0.1 otherwise)",
     )
-    parser.add_argument(
-        "--port",
-        type=int,
-        default=int(_env("SAGEMAKER_BIND_TO_PORT", "MODEL_SERVER_PORT", default="8080")),
-    )
-    parser.add_argument(
-        "--workers",
-        type=int,
-        default=int(_env("SAGEMAKER_MODEL_SERVER_WORKERS", "MODEL_SERVER_WORKERS", default="1")),
-        help="worker processes, each with the model loaded",
-    )
-    parser.add_argument(
-        "--threads-per-worker",
-        type=int,
-        default=int(_env("MODEL_SERVER_THREADS_PER_WORKER", default="0")),
-        help="torch intra-op threads in each worker; 0: the CPUs left to the front end, shared",
-    )
-    parser.add_argument(
-        "--max-batch-size", type=int, default=int(_env("MODEL_SERVER_MAX_BATCH_SIZE", default="8"))
-    )
-    parser.add_argument(
-        "--max-batch-delay-ms",
-        type=float,
-        default=float(_env("MODEL_SERVER_MAX_BATCH_DELAY_MS", default="0")),
-        help="how long a request may wait for others to share its batch",
-    )
-    parser.add_argument(
-        "--request-timeout",
-        type=float,
-        default=float(_env("SAGEMAKER_MODEL_SERVER_TIMEOUT", "MODEL_SERVER_TIMEOUT", default="60")),
-        help="seconds a batch may take before its worker is replaced",
-    )
-    parser.add_argument(
-        "--graceful-timeout",
-        type=float,
-        default=float(_env("MODEL_SERVER_GRACEFUL_TIMEOUT", default="30")),
-        help="seconds SIGTERM waits for in-flight requests",
-    )
-    parser.add_argument(
-        "--content-types",
-        default=_env("MODEL_SERVER_CONTENT_TYPES", default=",".join(DEFAULT_CONTENT_TYPES)),
-        help="comma-separated request content types passed to input_fn (others get 415)",
-    )
-    parser.add_argument(
-        "--max-queue",
-        type=int,
-        default=int(_env("MODEL_SERVER_MAX_QUEUE", default="256")),
-        help="invocations that may wait for a worker; beyond it the answer is 503 (retryable)",
-    )
-    parser.add_argument(
-        "--max-image-pixels",
-        type=int,
-        default=int(_env("MODEL_SERVER_MAX_IMAGE_PIXELS", default=str(DEFAULT_MAX_PIXELS))),
-        help="largest image canvas decoded (pixels); larger ones get 400 before decoding",
-    )
-    parser.add_argument(
-        "--max-image-bytes",
-        type=int,
-        default=int(_env("MODEL_SERVER_MAX_IMAGE_BYTES", default=str(DEFAULT_MAX_BYTES))),
-        help="largest decoded image (bytes); larger ones get 400 before decoding",
-    )
+    for flag, kind, names, default, help_text in _FLAGS:
+        # The type converts the environment value too: a bad variable fails as loudly as a flag.
+        parser.add_argument(
+            flag, type=kind, default=kind(_env(*names, default=default)), help=help_text
+        )
     args = parser.parse_args(argv)
     if args.workers < 1 or args.max_batch_size < 1 or args.threads_per_worker < 0:
         parser.error("--workers and --max-batch-size must be at least 1")

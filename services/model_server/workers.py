@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import gc
 import json
 import logging
 import os
@@ -36,6 +37,18 @@ from .metrics import ServerMetrics
 log = logging.getLogger("model_server.workers")
 
 _HEADER = struct.Struct("!I")
+# glibc's allocator in a worker (a setting in the server's environment wins). Every thread that
+# allocates gets its own arena (64 MB of address space each); two are plenty for a process that
+# runs one batch at a time. A batch's activations (~1 MB a layer for 8 CIFAR images) are above
+# glibc's mmap threshold, and freed memory above the trim threshold goes back to the kernel: each
+# batch then faults in and zeroes fresh pages (measured: a quarter of the worker's CPU in the
+# kernel, mostly page faults). Kept in the heap, a batch took ~20 % less CPU for a few MB more
+# resident memory with the project's CNN (up to the trim threshold after very large inputs).
+WORKER_MALLOC = {
+    "MALLOC_ARENA_MAX": "2",
+    "MALLOC_MMAP_THRESHOLD_": str(32 << 20),
+    "MALLOC_TRIM_THRESHOLD_": str(64 << 20),
+}
 _START_RETRIES = 3
 _WORKER_ENTRY = (
     f"import sys; from {__package__}.workers import worker_main; sys.exit(worker_main())"
@@ -100,6 +113,7 @@ class WorkerProcess:
         )
         threads = str(self.settings.threads)
         env.update(OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads)
+        env.update({name: value for name, value in WORKER_MALLOC.items() if name not in env})
         try:
             self.process = await asyncio.create_subprocess_exec(
                 sys.executable,
@@ -382,6 +396,22 @@ def _die_with_parent(parent_pid: int) -> None:
         os._exit(1)
 
 
+def _settle_heap() -> None:
+    """After loading: hand freed heap back to the OS and take what is loaded out of the GC's way.
+
+    Importing torch leaves ~165,000 tracked long-lived objects: a full collection walking them
+    took 74 ms (measured), a stall in some request's latency; frozen, it takes none. malloc_trim
+    returns the pages the import and the loading freed (the state dict once copied in).
+    """
+    gc.collect()
+    gc.freeze()
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError, AttributeError):
+            import ctypes
+
+            ctypes.CDLL("libc.so.6").malloc_trim(0)
+
+
 def worker_main(argv: list[str] | None = None) -> int:
     """Load the model, then answer batches until told to stop or the front end goes away."""
     parser = argparse.ArgumentParser(prog="model_server.workers")
@@ -412,6 +442,7 @@ def worker_main(argv: list[str] | None = None) -> int:
             args.model_dir, ImageBudget(args.max_image_pixels, args.max_image_bytes)
         )
         handler.load()
+        _settle_heap()
     except BaseException as exc:
         traceback.print_exc()
         reason = f"failed to load the model from {args.model_dir}: {type(exc).__name__}: {exc}"

@@ -26,10 +26,10 @@ from .capture import DEFAULT_FLUSH_BYTES, DEFAULT_FLUSH_INTERVAL_S, CaptureServi
 from .capture_spool import DEFAULT_MAX_SPOOL_BYTES, SYNC_INTERVAL_S
 from .endpoint_deployment import EndpointDeployment, HostingContext
 from .exceptions import ResourceLimitExceeded, ValidationException
-from .listing import summaries_page
 from .model_registry import ModelRegistry
 from .notebooks import NotebookInstances
 from .processes import kill_stale_group
+from .records import ControlPlaneState, Records, describe_operation
 from .router import EndpointRouter, Route
 from .store import JsonStore
 from .supervisor import ModelServerSupervisor
@@ -66,13 +66,18 @@ class SageMakerBackend:
         self.state_dir = config.state_dir
         self.store = JsonStore(config.state_dir)
         self.lock = threading.RLock()
-        self.training = TrainingJobs(
-            config.state_dir, self.store, self.lock, self.arn, config.max_training_jobs
+        state = ControlPlaneState(config.state_dir, self.store, self.lock, self.arn)
+        self.training = TrainingJobs(state, config.max_training_jobs)
+        self.registry = ModelRegistry(state, self._model_in_use)
+        self.endpoints = Records(
+            self.store,
+            "endpoints",
+            lambda name: ValidationException(
+                f'Could not find endpoint "{self.arn("endpoint", name)}".'
+            ),
+            ("EndpointName", "EndpointArn", "CreationTime", "LastModifiedTime", "EndpointStatus"),
+            status_field="EndpointStatus",
         )
-        self.registry = ModelRegistry(
-            config.state_dir, self.store, self.lock, self.arn, self._model_in_use
-        )
-        self.endpoints: dict[str, dict[str, Any]] = {}
         self.deployments: dict[str, EndpointDeployment] = {}
         self._model_locks: dict[str, threading.Lock] = {}
         self._background: list[threading.Thread] = []
@@ -117,9 +122,6 @@ class SageMakerBackend:
             f"arn:aws:sagemaker:{self.config.region}:{self.config.account_id}:{kind}/{name.lower()}"
         )
 
-    def _save(self, kind: str, record: dict[str, Any]) -> None:
-        self.store.put(kind, record["_name"], record)
-
     def _spawn(self, target: Callable[[], None], name: str) -> threading.Thread:
         thread = threading.Thread(target=target, name=name, daemon=True)
         self._background = [t for t in self._background if t.is_alive()]
@@ -133,7 +135,7 @@ class SageMakerBackend:
         self.training.load()
         self.registry.load()
         with self.lock:
-            self.endpoints = self.store.load_all("endpoints")
+            self.endpoints.load()
             for endpoint in list(self.endpoints.values()):
                 self._recover_endpoint(endpoint)
         self.supervisor.start()
@@ -145,11 +147,10 @@ class SageMakerBackend:
         status = endpoint["EndpointStatus"]
         name = endpoint["_name"]
         if status == "Deleting":
-            del self.endpoints[name]
-            self.store.delete("endpoints", name)
+            self.endpoints.remove(name)
             return
         if status not in ACTIVE_ENDPOINT_STATUSES or not endpoint.get("_deployed"):
-            self._save("endpoints", endpoint)
+            self.endpoints.save(endpoint)
             return
         if status == "Creating":
             mode = "create"
@@ -161,7 +162,7 @@ class SageMakerBackend:
                 endpoint["EndpointConfigName"] = endpoint["_previousConfig"]
             self.router.mark_pending(name)
         endpoint.pop("_previousConfig", None)
-        self._save("endpoints", endpoint)
+        self.endpoints.save(endpoint)
         self._start_deployment(name, endpoint["_deployed"], mode)
 
     def shutdown(self) -> None:
@@ -185,7 +186,7 @@ class SageMakerBackend:
         with self.lock:
             for endpoint in self.endpoints.values():
                 endpoint.pop("_servers", None)
-                self._save("endpoints", endpoint)
+                self.endpoints.save(endpoint)
 
     def _model_in_use(self, model_name: str) -> bool:
         with self.lock:
@@ -236,17 +237,11 @@ class SageMakerBackend:
     # -- endpoints -----------------------------------------------------------------------------
     def _snapshot(self, config_name: str) -> dict[str, Any]:
         """The config and its models as deployed: an endpoint outlives their deletion."""
-        config = self.registry.endpoint_config(config_name)
+        config = self.registry.endpoint_configs.find(config_name)
         models = {}
         for variant in config["ProductionVariants"]:
-            models[variant["ModelName"]] = copy.deepcopy(self.registry.model(variant["ModelName"]))
+            models[variant["ModelName"]] = self.registry.models.describe(variant["ModelName"])
         return {"config": copy.deepcopy(config), "models": models}
-
-    def _endpoint(self, name: str) -> dict[str, Any]:
-        endpoint = self.endpoints.get(name)
-        if endpoint is None:
-            raise ValidationException(f'Could not find endpoint "{self.arn("endpoint", name)}".')
-        return endpoint
 
     def create_endpoint(self, params: dict[str, Any]) -> dict[str, Any]:
         """CreateEndpoint: Creating now; InService once every variant's server answers /ping."""
@@ -278,8 +273,7 @@ class SageMakerBackend:
                 "CreationTime": now,
                 "LastModifiedTime": now,
             }
-            self.endpoints[name] = record
-            self._save("endpoints", record)
+            self.endpoints.add(record)
             self._start_deployment(name, snapshot, "create")
         return {"EndpointArn": arn}
 
@@ -287,7 +281,7 @@ class SageMakerBackend:
         """UpdateEndpoint: Updating; the new servers take traffic once up, then the old stop."""
         name = params["EndpointName"]
         with self.lock:
-            endpoint = self._endpoint(name)
+            endpoint = self.endpoints.find(name)
             if endpoint["EndpointStatus"] != "InService":
                 raise ValidationException(
                     f'Cannot update in-progress endpoint "{endpoint["EndpointArn"]}".'
@@ -305,24 +299,21 @@ class SageMakerBackend:
                 _pending=snapshot,
             )
             endpoint.pop("FailureReason", None)
-            self._save("endpoints", endpoint)
+            self.endpoints.save(endpoint)
             self._start_deployment(name, snapshot, "update")
             return {"EndpointArn": endpoint["EndpointArn"]}
 
-    def describe_endpoint(self, params: dict[str, Any]) -> dict[str, Any]:
-        """DescribeEndpoint."""
-        with self.lock:
-            return copy.deepcopy(self._endpoint(params["EndpointName"]))
+    describe_endpoint = describe_operation("endpoints", "EndpointName")
 
     def delete_endpoint(self, params: dict[str, Any]) -> dict[str, Any]:
         """DeleteEndpoint: Deleting while its servers stop and its capture is flushed."""
         name = params["EndpointName"]
         with self.lock:
-            endpoint = self._endpoint(name)
+            endpoint = self.endpoints.find(name)
             if endpoint["EndpointStatus"] == "Deleting":
                 return {}
             endpoint.update(EndpointStatus="Deleting", LastModifiedTime=time.time())
-            self._save("endpoints", endpoint)
+            self.endpoints.save(endpoint)
             deployment = self.deployments.get(name)
             if deployment is not None:
                 deployment.cancel()
@@ -335,8 +326,7 @@ class SageMakerBackend:
                 self._retire_route(route)
             with self.lock:
                 if self.endpoints.get(name) is endpoint:
-                    del self.endpoints[name]
-                    self.store.delete("endpoints", name)
+                    self.endpoints.remove(name)
 
         self._spawn(finish, f"delete-{name}")
         return {}
@@ -344,18 +334,7 @@ class SageMakerBackend:
     def list_endpoints(self, params: dict[str, Any]) -> dict[str, Any]:
         """ListEndpoints."""
         with self.lock:
-            summaries, token = summaries_page(
-                self.endpoints.values(),
-                params,
-                (
-                    "EndpointName",
-                    "EndpointArn",
-                    "CreationTime",
-                    "LastModifiedTime",
-                    "EndpointStatus",
-                ),
-                status_field="EndpointStatus",
-            )
+            summaries, token = self.endpoints.summaries(params)
         return {"Endpoints": summaries, "NextToken": token}
 
     # -- deployments ---------------------------------------------------------------------------
@@ -417,7 +396,7 @@ class SageMakerBackend:
                 for v in route.variants
             ]
             endpoint["LastModifiedTime"] = time.time()
-            self._save("endpoints", endpoint)
+            self.endpoints.save(endpoint)
         log.warning(
             "endpoint %s %s (variant %s)",
             name,
@@ -475,7 +454,7 @@ class SageMakerBackend:
             endpoint.pop("DataCaptureConfig", None)
         for key in ("PendingDeploymentSummary", "_pending", "_previousConfig", "FailureReason"):
             endpoint.pop(key, None)
-        self._save("endpoints", endpoint)
+        self.endpoints.save(endpoint)
 
     def _deployment_failed(self, name: str, deployment: EndpointDeployment, reason: str) -> None:
         with self.lock:
@@ -500,5 +479,5 @@ class SageMakerBackend:
                     EndpointStatus="Failed", FailureReason=reason[:1024], LastModifiedTime=now
                 )
                 self.router.remove_route(name)
-            self._save("endpoints", endpoint)
+            self.endpoints.save(endpoint)
         log.warning("endpoint %s deployment (%s) failed: %s", name, deployment.mode, reason)

@@ -37,6 +37,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from ..durable_files import fsync_dir
+
 log = logging.getLogger(__name__)
 
 SYNC_INTERVAL_S = 0.1
@@ -100,17 +102,8 @@ class SpoolFile:
         os.close(self.fd)
         ready = self.path.with_suffix(".ready")
         os.replace(self.path, ready)
-        _fsync_dir(ready.parent)
+        fsync_dir(ready.parent)  # the rename is durable only once the folder is synced
         return ready
-
-
-def _fsync_dir(folder: Path) -> None:
-    # The rename itself is durable only once the folder is synced.
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def recover_open_file(path: Path) -> Path | None:

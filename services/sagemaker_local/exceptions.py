@@ -3,6 +3,7 @@
 The control plane (JSON 1.1) answers `{"__type": code, "message": text}` with HTTP 400;
 the runtime (rest-json) names the code in the `x-amzn-ErrorType` header and may add members
 (`OriginalStatusCode`, `OriginalMessage`, `LogStreamArn` for `ModelError`).
+Each error is one class statement: its AWS code and HTTP status as class keywords.
 """
 
 from __future__ import annotations
@@ -16,6 +17,12 @@ class SageMakerError(Exception):
     code = "InternalFailure"
     status = 400
 
+    def __init_subclass__(cls, code: str | None = None, status: int = 400, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if code is not None:
+            cls.code = code
+        cls.status = status
+
     def __init__(self, message: str, **members: Any) -> None:
         super().__init__(message)
         self.message = message
@@ -27,98 +34,62 @@ class SageMakerError(Exception):
 
 
 # Control plane (service `sagemaker`).
-class ValidationException(SageMakerError):
+class ValidationException(SageMakerError, code="ValidationException"):
     """A request that fails validation or names a missing resource (most Describe/Delete ops)."""
 
-    code = "ValidationException"
 
-
-class ResourceNotFound(SageMakerError):
+class ResourceNotFound(SageMakerError, code="ResourceNotFound"):
     """A resource that does not exist, for the operations that model this error."""
 
-    code = "ResourceNotFound"
 
-
-class ResourceInUse(SageMakerError):
+class ResourceInUse(SageMakerError, code="ResourceInUse"):
     """A resource name already taken (training jobs) or a resource busy."""
 
-    code = "ResourceInUse"
 
-
-class ResourceLimitExceeded(SageMakerError):
+class ResourceLimitExceeded(SageMakerError, code="ResourceLimitExceeded"):
     """Too many resources of a kind (local limits: running endpoints, training jobs)."""
 
-    code = "ResourceLimitExceeded"
 
-
-class UnknownOperationException(SageMakerError):
+class UnknownOperationException(SageMakerError, code="UnknownOperationException"):
     """An `X-Amz-Target` this service does not implement."""
 
-    code = "UnknownOperationException"
 
-
-class SerializationException(SageMakerError):
+class SerializationException(SageMakerError, code="SerializationException"):
     """A request body that is not a JSON object."""
 
-    code = "SerializationException"
 
-
-class InternalFailure(SageMakerError):
+class InternalFailure(SageMakerError, code="InternalFailure", status=500):
     """An unexpected failure inside sagemaker-local."""
-
-    code = "InternalFailure"
-    status = 500
 
 
 # Authorization of role credentials (asked of the emulator: authorization.py).
-class AccessDeniedException(SageMakerError):
+class AccessDeniedException(SageMakerError, code="AccessDeniedException"):
     """The caller's policies do not allow the action (AWS: 400 on SageMaker's APIs)."""
 
-    code = "AccessDeniedException"
-    status = 400
 
-
-class UnrecognizedClientException(SageMakerError):
+class UnrecognizedClientException(SageMakerError, code="UnrecognizedClientException"):
     """A session token that does not belong to the access key."""
 
-    code = "UnrecognizedClientException"
-    status = 400
 
-
-class ExpiredTokenException(SageMakerError):
+class ExpiredTokenException(SageMakerError, code="ExpiredTokenException"):
     """Credentials of an expired STS session."""
-
-    code = "ExpiredTokenException"
-    status = 400
 
 
 # Runtime (service `sagemaker-runtime`).
-class RuntimeValidationError(SageMakerError):
+class RuntimeValidationError(SageMakerError, code="ValidationError"):
     """The runtime's 400 `ValidationError` (also how AWS answers an unknown endpoint)."""
 
-    code = "ValidationError"
-    status = 400
 
-
-class ModelError(SageMakerError):
+class ModelError(SageMakerError, code="ModelError", status=424):
     """The model container answered an error or did not answer: 424 with its original status."""
 
-    code = "ModelError"
-    status = 424
 
-
-class ServiceUnavailable(SageMakerError):
+class ServiceUnavailable(SageMakerError, code="ServiceUnavailable", status=503):
     """The runtime cannot serve now, retryable: shutting down, model server busy or replaced."""
 
-    code = "ServiceUnavailable"
-    status = 503
 
-
-class PayloadTooLarge(SageMakerError):
+class PayloadTooLarge(SageMakerError, code="", status=413):
     """A body above the InvokeEndpoint limit: AWS's front door answers a bare 413."""
-
-    code = ""
-    status = 413
 
     def body(self) -> dict[str, Any]:
         """No `__type`: botocore then reports the HTTP status ("413") as the error code."""

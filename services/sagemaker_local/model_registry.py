@@ -8,44 +8,41 @@ from __future__ import annotations
 
 import copy
 import shutil
-import threading
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 from .exceptions import ValidationException
-from .listing import summaries_page
-from .store import JsonStore
+from .records import ControlPlaneState, Records, describe_operation
 
 
 class ModelRegistry:
     """CreateModel ... ListEndpointConfigs: the records endpoints are deployed from."""
 
-    def __init__(
-        self,
-        state_dir: Path,
-        store: JsonStore,
-        lock: threading.RLock,
-        arn: Callable[[str, str], str],
-        model_in_use: Callable[[str], bool],
-    ) -> None:
-        self.state_dir = state_dir
-        self.store = store
-        self.lock = lock
-        self.arn = arn
+    def __init__(self, state: ControlPlaneState, model_in_use: Callable[[str], bool]) -> None:
+        self.state_dir, self.lock, self.arn = state.state_dir, state.lock, state.arn
         self.model_in_use = model_in_use
-        self.models: dict[str, dict[str, Any]] = {}
-        self.endpoint_configs: dict[str, dict[str, Any]] = {}
+        store, arn = state.store, state.arn
+        self.models = Records(
+            store,
+            "models",
+            lambda name: ValidationException(f'Could not find model "{arn("model", name)}".'),
+            ("ModelName", "ModelArn", "CreationTime"),
+        )
+        self.endpoint_configs = Records(
+            store,
+            "endpoint-configs",
+            lambda name: ValidationException(
+                f'Could not find endpoint configuration "{arn("endpoint-config", name)}".'
+            ),
+            ("EndpointConfigName", "EndpointConfigArn", "CreationTime"),
+        )
 
     def load(self) -> None:
         """Read the persisted records."""
         with self.lock:
-            self.models = self.store.load_all("models")
-            self.endpoint_configs = self.store.load_all("endpoint-configs")
-
-    def _save(self, kind: str, record: dict[str, Any]) -> None:
-        self.store.put(kind, record["_name"], record)
+            self.models.load()
+            self.endpoint_configs.load()
 
     def operations(self) -> dict[str, Callable[[dict[str, Any]], dict[str, Any]]]:
         """The operations this room answers, by backend method name."""
@@ -91,28 +88,16 @@ class ModelRegistry:
                 "EnableNetworkIsolation": params.get("EnableNetworkIsolation", False),
                 "CreationTime": time.time(),
             }
-            self.models[name] = record
-            self._save("models", record)
+            self.models.add(record)
         return {"ModelArn": arn}
 
-    def model(self, name: str) -> dict[str, Any]:
-        model = self.models.get(name)
-        if model is None:
-            raise ValidationException(f'Could not find model "{self.arn("model", name)}".')
-        return model
-
-    def describe_model(self, params: dict[str, Any]) -> dict[str, Any]:
-        """DescribeModel."""
-        with self.lock:
-            return copy.deepcopy(self.model(params["ModelName"]))
+    describe_model = describe_operation("models", "ModelName")
 
     def delete_model(self, params: dict[str, Any]) -> dict[str, Any]:
         """DeleteModel (running endpoints keep serving it, as on AWS)."""
         name = params["ModelName"]
         with self.lock:
-            self.model(name)
-            del self.models[name]
-            self.store.delete("models", name)
+            self.models.remove(name)
             in_use = self.model_in_use(name)
         if not in_use:
             shutil.rmtree(self.state_dir / "models" / name, ignore_errors=True)
@@ -121,9 +106,7 @@ class ModelRegistry:
     def list_models(self, params: dict[str, Any]) -> dict[str, Any]:
         """ListModels."""
         with self.lock:
-            summaries, token = summaries_page(
-                self.models.values(), params, ("ModelName", "ModelArn", "CreationTime")
-            )
+            summaries, token = self.models.summaries(params)
         return {"Models": summaries, "NextToken": token}
 
     # -- endpoint configs ----------------------------------------------------------------------
@@ -147,7 +130,7 @@ class ModelRegistry:
             for variant in variants:
                 if not variant.get("ModelName"):
                     raise ValidationException(f"Variant {variant['VariantName']} names no model.")
-                self.model(variant["ModelName"])
+                self.models.find(variant["ModelName"])
             stored_variants = [
                 {"InitialVariantWeight": 1.0, "InitialInstanceCount": 1, **copy.deepcopy(v)}
                 for v in variants
@@ -164,38 +147,20 @@ class ModelRegistry:
                 "DataCaptureConfig": capture,
                 "CreationTime": time.time(),
             }
-            self.endpoint_configs[name] = record
-            self._save("endpoint-configs", record)
+            self.endpoint_configs.add(record)
         return {"EndpointConfigArn": arn}
 
-    def endpoint_config(self, name: str) -> dict[str, Any]:
-        config = self.endpoint_configs.get(name)
-        if config is None:
-            raise ValidationException(
-                f'Could not find endpoint configuration "{self.arn("endpoint-config", name)}".'
-            )
-        return config
-
-    def describe_endpoint_config(self, params: dict[str, Any]) -> dict[str, Any]:
-        """DescribeEndpointConfig."""
-        with self.lock:
-            return copy.deepcopy(self.endpoint_config(params["EndpointConfigName"]))
+    describe_endpoint_config = describe_operation("endpoint_configs", "EndpointConfigName")
 
     def delete_endpoint_config(self, params: dict[str, Any]) -> dict[str, Any]:
         """DeleteEndpointConfig (endpoints using it keep running, as on AWS)."""
         name = params["EndpointConfigName"]
         with self.lock:
-            self.endpoint_config(name)
-            del self.endpoint_configs[name]
-            self.store.delete("endpoint-configs", name)
+            self.endpoint_configs.remove(name)
         return {}
 
     def list_endpoint_configs(self, params: dict[str, Any]) -> dict[str, Any]:
         """ListEndpointConfigs."""
         with self.lock:
-            summaries, token = summaries_page(
-                self.endpoint_configs.values(),
-                params,
-                ("EndpointConfigName", "EndpointConfigArn", "CreationTime"),
-            )
+            summaries, token = self.endpoint_configs.summaries(params)
         return {"EndpointConfigs": summaries, "NextToken": token}

@@ -1,7 +1,9 @@
 """model_server_process: the handle to one model-server child process serving one variant.
 
 The child is `services.model_server` (or `SAGEMAKER_LOCAL_SERVE_COMMAND`) on a free local port,
-started through `processes.launch` so it never outlives sagemaker-local.
+started through `processes.launch` so it never outlives sagemaker-local. It runs with the serving
+venv's interpreter when that is installed (`python -m services.model_server.environment`: the
+image's packages, CPU-only torch), else with sagemaker-local's own.
 """
 
 from __future__ import annotations
@@ -12,10 +14,11 @@ import os
 import shlex
 import socket
 import subprocess
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+
+from services.model_server.environment import serving_python
 
 from . import processes
 
@@ -35,7 +38,7 @@ def free_port() -> int:
 def serve_command() -> list[str]:
     """The serving command; `SAGEMAKER_LOCAL_SERVE_COMMAND` swaps in another server."""
     custom = os.environ.get("SAGEMAKER_LOCAL_SERVE_COMMAND", "").strip()
-    return shlex.split(custom) if custom else [sys.executable, "-m", "services.model_server"]
+    return shlex.split(custom) if custom else [serving_python(), "-m", "services.model_server"]
 
 
 # SageMaker's serving-container variables that our model server takes as options.

@@ -4,8 +4,8 @@ Layout of a job folder (`<state>/training-jobs/<name>/`) mirrors `/opt/ml` in a 
 `input/config/{hyperparameters,resourceconfig,inputdataconfig}.json`, `input/data/<channel>/`,
 `code/`, `model/`, `output/` (with `failure` and `data/`), `checkpoints/`, `logs/`.
 The script gets hyperparameters as `--key value` and the sagemaker-training toolkit's `SM_*`
-environment; its output goes to the job log file and to CloudWatch Logs
-(`/aws/sagemaker/TrainingJobs`, stream `<job>/algo-1-<epoch>`).
+environment (`training_contract`); its output goes to the job log file and to CloudWatch Logs
+(`training_logs`: `/aws/sagemaker/TrainingJobs`, stream `<job>/algo-1-<epoch>`).
 
 The job's `TrainingImage` chooses what runs (`EXECUTORS`): the built-in image-classification
 algorithm (`algorithms/image_classification`), the PyTorch framework images (the user's entry
@@ -15,10 +15,7 @@ an engine is reachable; without one such a job fails at once, its FailureReason 
 
 from __future__ import annotations
 
-import contextlib
-import json
 import logging
-import os
 import re
 import shutil
 import subprocess
@@ -37,17 +34,24 @@ from .algorithms.image_classification import METRIC_DEFINITIONS as IC_METRICS
 from .algorithms.images import ImageKind, classify_image
 from .archive import ModelArchiveError, safe_extract
 from .s3io import download_manifest, download_prefix, join_s3, split_s3_uri, upload_folder
+from .training_contract import (
+    HOST,
+    REPO_ROOT,
+    decode_hyperparameter,
+    script_arguments,
+    training_environment,
+    user_hyperparameters,
+    write_config_files,
+)
+from .training_logs import CloudWatchLogShipper
 
 log = logging.getLogger(__name__)
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_SOURCE_DIR = REPO_ROOT / "model"
 DEFAULT_PROGRAM = "train.py"
 DEFAULT_MAX_RUNTIME_S = 86400
 FAILURE_REASON_MAX = 1024
 STOP_GRACE_S = 10.0
-LOG_GROUP = "/aws/sagemaker/TrainingJobs"
-HOST = "algo-1"
 
 Update = Callable[..., None]
 IMAGE_CLASSIFICATION_MODULE = "services.sagemaker_local.algorithms.image_classification.train"
@@ -56,79 +60,6 @@ DOCKER_CHECK_TIMEOUT_S = 10.0
 BUILTIN_METRICS: dict[ImageKind, tuple[dict[str, str], ...]] = {
     ImageKind.IMAGE_CLASSIFICATION: IC_METRICS,
 }
-
-
-def decode_hyperparameter(value: str) -> Any:
-    """Hyperparameters arrive as strings; the SageMaker SDK JSON-encodes them (toolkit rule)."""
-    try:
-        return json.loads(value)
-    except (TypeError, ValueError):
-        return value
-
-
-def cli_value(value: Any) -> str:
-    """How the toolkit renders a hyperparameter on the command line."""
-    if isinstance(value, dict):
-        return ",".join(f"{k}={v}" for k, v in sorted(value.items()))
-    return str(value)
-
-
-def gpu_count() -> int:
-    """Number of NVIDIA devices visible (without importing a framework)."""
-    return len([p for p in Path("/dev").glob("nvidia[0-9]*")])
-
-
-class CloudWatchLogShipper:
-    """Buffers log lines and puts them to CloudWatch Logs about once a second (best effort)."""
-
-    def __init__(self, stream: str) -> None:
-        self.stream = stream
-        self._lines: list[dict[str, Any]] = []
-        self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._client: Any = None
-        self._thread = threading.Thread(target=self._run, name=f"logs-{stream}", daemon=True)
-        try:
-            self._client = boto3.client("logs")
-            with contextlib.suppress(self._client.exceptions.ResourceAlreadyExistsException):
-                self._client.create_log_group(logGroupName=LOG_GROUP)
-            self._client.create_log_stream(logGroupName=LOG_GROUP, logStreamName=stream)
-        except Exception as exc:  # logs are a convenience, never a failure
-            log.info("CloudWatch Logs unavailable for %s: %s", stream, exc)
-            self._client = None
-        self._thread.start()
-
-    def add(self, line: str) -> None:
-        """Queue one line."""
-        if self._client is not None:
-            with self._lock:
-                self._lines.append({"timestamp": int(time.time() * 1000), "message": line})
-
-    def _flush(self) -> None:
-        with self._lock:
-            lines, self._lines = self._lines, []
-        for start in range(0, len(lines), 1000):
-            try:
-                self._client.put_log_events(
-                    logGroupName=LOG_GROUP,
-                    logStreamName=self.stream,
-                    logEvents=lines[start : start + 1000],
-                )
-            except Exception as exc:
-                log.info("CloudWatch Logs put failed for %s: %s", self.stream, exc)
-                return
-
-    def _run(self) -> None:
-        while not self._stop.wait(1.0):
-            if self._client is not None:
-                self._flush()
-
-    def close(self) -> None:
-        """Ship what is left."""
-        self._stop.set()
-        self._thread.join(timeout=10)
-        if self._client is not None:
-            self._flush()
 
 
 class JobFailed(Exception):
@@ -328,127 +259,13 @@ class TrainingJobRunner(threading.Thread):
         else:
             raise JobFailed(f"ClientError: sagemaker_submit_directory {submit} not found.")
 
-    def _config_files(self, user_hps: dict[str, Any]) -> dict[str, Any]:
-        config_dir = self.job_dir / "input" / "config"
-        resource = self.job.get("ResourceConfig", {})
-        instance_type = resource.get("InstanceType", "local")
-        resource_config = {
-            "current_host": HOST,
-            "current_instance_type": instance_type,
-            "current_group_name": "homogeneousCluster",
-            "hosts": [HOST],
-            "instance_groups": [
-                {
-                    "instance_group_name": "homogeneousCluster",
-                    "instance_type": instance_type,
-                    "hosts": [HOST],
-                }
-            ],
-            "network_interface_name": "eth0",
-        }
-        input_data_config = {
-            c["ChannelName"]: {
-                "TrainingInputMode": c.get("InputMode", "File"),
-                "S3DistributionType": c["DataSource"]
-                .get("S3DataSource", {})
-                .get("S3DataDistributionType", "FullyReplicated"),
-                "RecordWrapperType": c.get("RecordWrapperType", "None"),
-                **({"ContentType": c["ContentType"]} if c.get("ContentType") else {}),
-            }
-            for c in self.job.get("InputDataConfig", [])
-        }
-        files = {
-            "hyperparameters.json": self.job.get("HyperParameters", {}),
-            "resourceconfig.json": resource_config,
-            "inputdataconfig.json": input_data_config,
-        }
-        for name, content in files.items():
-            (config_dir / name).write_text(json.dumps(content, indent=1), encoding="utf-8")
-        return {"resource": resource_config, "input_data": input_data_config}
-
-    def _environment(
-        self, program: str, args: list[str], user_hps: dict[str, Any], configs: dict[str, Any]
-    ) -> dict[str, str]:
-        d = self.job_dir
-        channels = [c["ChannelName"] for c in self.job.get("InputDataConfig", [])]
-        hps_all = self.job.get("HyperParameters", {})
-        submit = decode_hyperparameter(hps_all.get("sagemaker_submit_directory", ""))
-        sm = {
-            "SM_HOSTS": json.dumps([HOST]),
-            "SM_CURRENT_HOST": HOST,
-            "SM_CURRENT_INSTANCE_TYPE": configs["resource"]["current_instance_type"],
-            "SM_CURRENT_INSTANCE_GROUP": "homogeneousCluster",
-            "SM_NETWORK_INTERFACE_NAME": "eth0",
-            "SM_HPS": json.dumps(user_hps),
-            "SM_CHANNELS": json.dumps(sorted(channels)),
-            "SM_USER_ARGS": json.dumps(args),
-            "SM_USER_ENTRY_POINT": program,
-            "SM_MODULE_NAME": Path(program).stem,
-            "SM_MODULE_DIR": str(submit or d / "code"),
-            "SM_LOG_LEVEL": "20",
-            "SM_FRAMEWORK_MODULE": "",
-            "SM_FRAMEWORK_PARAMS": "{}",
-            "SM_NUM_CPUS": str(os.cpu_count() or 1),
-            "SM_NUM_GPUS": str(gpu_count()),
-            "SM_NUM_NEURONS": "0",
-            "SM_MODEL_DIR": str(d / "model"),
-            "SM_INPUT_DIR": str(d / "input"),
-            "SM_INPUT_CONFIG_DIR": str(d / "input" / "config"),
-            "SM_INPUT_DATA_CONFIG": json.dumps(configs["input_data"]),
-            "SM_RESOURCE_CONFIG": json.dumps(configs["resource"]),
-            "SM_OUTPUT_DIR": str(d / "output"),
-            "SM_OUTPUT_DATA_DIR": str(d / "output" / "data"),
-            "SM_OUTPUT_INTERMEDIATE_DIR": str(d / "output" / "intermediate"),
-            "SM_CHECKPOINT_DIR": str(d / "checkpoints"),
-            "TRAINING_JOB_NAME": self.name_,
-            "TRAINING_JOB_ARN": self.job["TrainingJobArn"],
-        }
-        for channel in channels:
-            sm[f"SM_CHANNEL_{channel.upper()}"] = str(d / "input" / "data" / channel)
-        for key, value in user_hps.items():
-            sm[f"SM_HP_{key.upper()}"] = value if isinstance(value, str) else json.dumps(value)
-        sm["SM_TRAINING_ENV"] = json.dumps(
-            {
-                "additional_framework_parameters": {},
-                "channel_input_dirs": {c: sm[f"SM_CHANNEL_{c.upper()}"] for c in channels},
-                "current_host": HOST,
-                "hosts": [HOST],
-                "hyperparameters": user_hps,
-                "input_config_dir": sm["SM_INPUT_CONFIG_DIR"],
-                "input_data_config": configs["input_data"],
-                "input_dir": sm["SM_INPUT_DIR"],
-                "job_name": self.name_,
-                "log_level": 20,
-                "model_dir": sm["SM_MODEL_DIR"],
-                "module_dir": sm["SM_MODULE_DIR"],
-                "module_name": sm["SM_MODULE_NAME"],
-                "network_interface_name": "eth0",
-                "num_cpus": int(sm["SM_NUM_CPUS"]),
-                "num_gpus": int(sm["SM_NUM_GPUS"]),
-                "output_data_dir": sm["SM_OUTPUT_DATA_DIR"],
-                "output_dir": sm["SM_OUTPUT_DIR"],
-                "resource_config": configs["resource"],
-                "user_entry_point": program,
-            }
-        )
-        env = {**os.environ, **self.job.get("Environment", {}), **sm, "PYTHONUNBUFFERED": "1"}
-        code = str(d / "code")
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [code, str(REPO_ROOT)]))
-        return env
-
     def _train(self) -> int:
         hps = self.job.get("HyperParameters", {})
         program = str(decode_hyperparameter(hps.get("sagemaker_program", DEFAULT_PROGRAM)))
-        user_hps = {
-            k: decode_hyperparameter(v) for k, v in hps.items() if not k.startswith("sagemaker_")
-        }
-        args: list[str] = []
-        for key in sorted(user_hps):
-            args += [f"--{key}", cli_value(user_hps[key])]
-        if not any(k.replace("_", "-") == "checkpoint-dir" for k in user_hps):
-            args += ["--checkpoint-dir", str(self.job_dir / "checkpoints")]
-        configs = self._config_files(user_hps)
-        env = self._environment(program, args, user_hps, configs)
+        user_hps = user_hyperparameters(self.job)
+        args = script_arguments(user_hps, self.job_dir / "checkpoints")
+        configs = write_config_files(self.job, self.job_dir)
+        env = training_environment(self.job, self.job_dir, program, args, user_hps, configs)
         command = EXECUTORS[self.kind](self, program, args)
         max_runtime = (self.job.get("StoppingCondition") or {}).get(
             "MaxRuntimeInSeconds", DEFAULT_MAX_RUNTIME_S

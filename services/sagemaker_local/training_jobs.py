@@ -9,16 +9,13 @@ from __future__ import annotations
 
 import copy
 import re
-import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from .exceptions import ResourceInUse, ResourceLimitExceeded, ResourceNotFound, ValidationException
-from .listing import summaries_page
 from .processes import kill_stale_group
-from .store import JsonStore
+from .records import ControlPlaneState, Records, describe_operation
 from .training import TrainingJobRunner
 
 
@@ -37,29 +34,32 @@ def check_metric_definitions(definitions: list[dict[str, Any]]) -> None:
 class TrainingJobs:
     """CreateTrainingJob, DescribeTrainingJob, StopTrainingJob, ListTrainingJobs."""
 
-    def __init__(
-        self,
-        state_dir: Path,
-        store: JsonStore,
-        lock: threading.RLock,
-        arn: Callable[[str, str], str],
-        max_training_jobs: int,
-    ) -> None:
-        self.state_dir = state_dir
-        self.store = store
-        self.lock = lock
-        self.arn = arn
+    def __init__(self, state: ControlPlaneState, max_training_jobs: int) -> None:
+        self.state_dir, self.lock, self.arn = state.state_dir, state.lock, state.arn
         self.max_training_jobs = max_training_jobs
-        self.training_jobs: dict[str, dict[str, Any]] = {}
+        # DescribeTrainingJob of an unknown name: ValidationException (StopTrainingJob's is
+        # ResourceNotFound), as AWS answers.
+        self.training_jobs = Records(
+            state.store,
+            "training-jobs",
+            lambda name: ValidationException("Requested resource not found."),
+            (
+                "TrainingJobName",
+                "TrainingJobArn",
+                "CreationTime",
+                "TrainingEndTime",
+                "LastModifiedTime",
+                "TrainingJobStatus",
+                "SecondaryStatus",
+            ),
+            status_field="TrainingJobStatus",
+        )
         self.runners: dict[str, TrainingJobRunner] = {}
-
-    def _save(self, kind: str, record: dict[str, Any]) -> None:
-        self.store.put(kind, record["_name"], record)
 
     def load(self) -> None:
         """Read the persisted jobs; end those that were running when the process stopped."""
         with self.lock:
-            self.training_jobs = self.store.load_all("training-jobs")
+            self.training_jobs.load()
             for job in self.training_jobs.values():
                 self._recover_training_job(job)
 
@@ -100,7 +100,7 @@ class TrainingJobs:
             TrainingEndTime=now,
             LastModifiedTime=now,
         )
-        self._save("training-jobs", job)
+        self.training_jobs.save(job)
 
     def create_training_job(self, params: dict[str, Any]) -> dict[str, Any]:
         """CreateTrainingJob: record the job and start its runner."""
@@ -151,8 +151,7 @@ class TrainingJobs:
                 "CreationTime": now,
                 "LastModifiedTime": now,
             }
-            self.training_jobs[name] = job
-            self._save("training-jobs", job)
+            self.training_jobs.add(job)
             runner = TrainingJobRunner(
                 copy.deepcopy(job),
                 Path(job["_jobDir"]),
@@ -199,20 +198,11 @@ class TrainingJobs:
                 job["TrainingJobStatus"] = status
             job.update(fields)
             job["LastModifiedTime"] = now
-            self._save("training-jobs", job)
+            self.training_jobs.save(job)
             if final:
                 self.runners.pop(name, None)
 
-    def _training_job(self, name: str) -> dict[str, Any]:
-        job = self.training_jobs.get(name)
-        if job is None:
-            raise ValidationException("Requested resource not found.")
-        return job
-
-    def describe_training_job(self, params: dict[str, Any]) -> dict[str, Any]:
-        """DescribeTrainingJob."""
-        with self.lock:
-            return copy.deepcopy(self._training_job(params["TrainingJobName"]))
+    describe_training_job = describe_operation("training_jobs", "TrainingJobName")
 
     def stop_training_job(self, params: dict[str, Any]) -> dict[str, Any]:
         """StopTrainingJob: Stopping now, Stopped once the process is gone."""
@@ -237,18 +227,5 @@ class TrainingJobs:
     def list_training_jobs(self, params: dict[str, Any]) -> dict[str, Any]:
         """ListTrainingJobs."""
         with self.lock:
-            summaries, token = summaries_page(
-                self.training_jobs.values(),
-                params,
-                (
-                    "TrainingJobName",
-                    "TrainingJobArn",
-                    "CreationTime",
-                    "TrainingEndTime",
-                    "LastModifiedTime",
-                    "TrainingJobStatus",
-                    "SecondaryStatus",
-                ),
-                status_field="TrainingJobStatus",
-            )
+            summaries, token = self.training_jobs.summaries(params)
         return {"TrainingJobSummaries": summaries, "NextToken": token}
