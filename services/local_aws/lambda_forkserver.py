@@ -241,16 +241,20 @@ def _serve() -> None:
     children: set[int] = set()
     spares: dict[int, socket.socket] = {}  # pid -> the link its request goes over (oldest first)
 
+    def forked_child(*also: socket.socket) -> None:
+        """In a new child: drop the server's signal wiring and every link that is not its own."""
+        signal.set_wakeup_fd(-1)  # before its descriptors close: a signal would write there
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        for inherited in (channel, *also, *spares.values()):
+            inherited.close()
+        os.close(wake_read)
+        os.close(wake_write)
+
     def fork_spare() -> None:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         pid = os.fork()
         if pid == 0:
-            signal.set_wakeup_fd(-1)  # before its descriptors close: a signal would write there
-            signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-            for inherited in (channel, ours, *spares.values()):
-                inherited.close()
-            os.close(wake_read)
-            os.close(wake_write)
+            forked_child(ours)
             _spare(theirs, lambda_sandbox)
         theirs.close()
         spares[pid] = ours
@@ -279,12 +283,7 @@ def _serve() -> None:
         else:
             pid = os.fork()
             if pid == 0:
-                signal.set_wakeup_fd(-1)
-                signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-                for inherited in (channel, *spares.values()):
-                    inherited.close()
-                os.close(wake_read)
-                os.close(wake_write)
+                forked_child()
                 _child(request, fds[0], lambda_sandbox, prepared=None)
         for fd in fds:
             os.close(fd)
