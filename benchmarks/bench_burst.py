@@ -33,6 +33,7 @@ import tempfile
 import time
 import urllib.request
 import uuid
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -184,28 +185,48 @@ def where_the_slowest_went(sfn: Any, runs: list[Run]) -> tuple[dict[str, float],
 
 
 def _py_spy(pid: int, out: Path) -> subprocess.Popen[bytes]:
-    """py-spy sampling the emulator (its Python threads) until SIGINT, collapsed stacks."""
+    """py-spy sampling the emulator (never pausing it) until SIGINT, raw stacks."""
     spy = str(Path(sys.executable).parent / "py-spy")
     if not Path(spy).exists():
         spy = shutil.which("py-spy") or "py-spy"
     return subprocess.Popen(
-        [spy, "record", "--pid", str(pid), "--format", "raw", "--output", str(out), "--rate", "50"],
+        [
+            spy,
+            "record",
+            "--pid",
+            str(pid),
+            "--format",
+            "raw",
+            "--output",
+            str(out),
+            "--rate",
+            "50",
+            "--nonblocking",
+        ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
 
 
-def measure(mode: str, args: argparse.Namespace) -> Burst:
-    """A fresh stack, the deploy, then the burst."""
-    from botocore.config import Config
+@dataclass
+class Deployed:
+    """A fresh stack with the workflow deployed on it."""
 
+    stack: Any
+    machine: str
+    bucket: str
+    keys: list[str]
+    deploy_s: float
+
+
+@contextlib.contextmanager
+def deployed(mode: str) -> Iterator[Deployed]:
+    """A fresh stack (emulator + sagemaker-local) and the deploy of `mode`, stopped after."""
     with tempfile.TemporaryDirectory() as tmp:
         stack = start_local_stack(Path(tmp) / "stack")
         try:
             with selected_profile(stack.env):
                 reset_boto3()
-                import boto3
-
                 settings = Settings(
                     state_dir=Path(tmp) / "deploy",
                     threshold=0.5,  # every two-class inference passes: the whole path measured
@@ -222,47 +243,63 @@ def measure(mode: str, args: argparse.Namespace) -> Burst:
                     print("\n".join(lines), output.getvalue())
                     raise
                 deploy_s = time.perf_counter() - deploy_started
-                keys = manifest_keys(result)
-                sfn = boto3.client("stepfunctions", config=Config(max_pool_connections=64))
-                machine, bucket = result.state_machine_arn, result.bucket
-                pid = stack.aws.process.pid
-                workers_before = _lambda_workers(stack.aws.endpoint_url)
-                # Polls every 10-50 ms: each describe_execution is emulator CPU too.
-                poll = Poller(step_s=0.01, max_step_s=0.05)
-                profiler = _py_spy(pid, args.profile) if args.profile else None
-                cpu_before = _cpu_seconds(pid)
-                lambdas_before, sagemaker_pid = _tree_cpu(pid), stack.sagemaker.pid
-                sagemaker_before = {sagemaker_pid: _cpu_seconds(sagemaker_pid)}
-                sagemaker_before.update(_tree_cpu(sagemaker_pid))
-                client_before = sum(os.times()[:2])
-                t0 = time.perf_counter()
-                with ThreadPoolExecutor(args.in_flight) as pool:
-                    runs = list(
-                        pool.map(
-                            lambda i: _execute(sfn, machine, bucket, keys[i % len(keys)], poll, t0),
-                            range(args.executions),
-                        )
-                    )
-                wall = time.perf_counter() - t0
-                cpu = _cpu_seconds(pid) - cpu_before
-                client_cpu = sum(os.times()[:2]) - client_before
-                lambdas = _spent(lambdas_before, _tree_cpu(pid))
-                sagemaker_after = {sagemaker_pid: _cpu_seconds(sagemaker_pid)}
-                sagemaker_after.update(_tree_cpu(sagemaker_pid))
-                sagemaker = _spent(sagemaker_before, sagemaker_after)
-                environments_pss = sum(pss_mb(child) for child in descendants(pid))
-                if profiler is not None:
-                    profiler.send_signal(2)  # py-spy writes its file on SIGINT
-                    profiler.wait(60)
-                started = _lambda_workers(stack.aws.endpoint_url) - workers_before
-                burst = Burst(mode, runs, wall, cpu, started, deploy_s)
-                burst.lambda_cpu_s, burst.sagemaker_cpu_s = lambdas, sagemaker
-                burst.client_cpu_s, burst.environments_pss_mb = client_cpu, environments_pss
-                burst.slowest, burst.retried_errors = where_the_slowest_went(sfn, runs)
-                return burst
+                yield Deployed(
+                    stack, result.state_machine_arn, result.bucket, manifest_keys(result), deploy_s
+                )
         finally:
             stack.stop()
             reset_boto3()
+
+
+def burst(mode: str, deployment: Deployed, args: argparse.Namespace) -> Burst:
+    """`args.executions` executions, `args.in_flight` at a time, on the deployed workflow."""
+    import boto3
+    from botocore.config import Config
+
+    stack = deployment.stack
+    sfn = boto3.client("stepfunctions", config=Config(max_pool_connections=64))
+    machine, bucket, keys = deployment.machine, deployment.bucket, deployment.keys
+    pid = stack.aws.process.pid
+    workers_before = _lambda_workers(stack.aws.endpoint_url)
+    # Polls every 10-50 ms: each describe_execution is emulator CPU too.
+    poll = Poller(step_s=0.01, max_step_s=0.05)
+    profiler = _py_spy(pid, args.profile) if args.profile else None
+    cpu_before = _cpu_seconds(pid)
+    lambdas_before, sagemaker_pid = _tree_cpu(pid), stack.sagemaker.pid
+    sagemaker_before = {sagemaker_pid: _cpu_seconds(sagemaker_pid)}
+    sagemaker_before.update(_tree_cpu(sagemaker_pid))
+    client_before = sum(os.times()[:2])
+    t0 = time.perf_counter()
+    with ThreadPoolExecutor(args.in_flight) as pool:
+        runs = list(
+            pool.map(
+                lambda i: _execute(sfn, machine, bucket, keys[i % len(keys)], poll, t0),
+                range(args.executions),
+            )
+        )
+    wall = time.perf_counter() - t0
+    cpu = _cpu_seconds(pid) - cpu_before
+    client_cpu = sum(os.times()[:2]) - client_before
+    lambdas = _spent(lambdas_before, _tree_cpu(pid))
+    sagemaker_after = {sagemaker_pid: _cpu_seconds(sagemaker_pid)}
+    sagemaker_after.update(_tree_cpu(sagemaker_pid))
+    sagemaker = _spent(sagemaker_before, sagemaker_after)
+    environments_pss = sum(pss_mb(child) for child in descendants(pid))
+    if profiler is not None:
+        profiler.send_signal(2)  # py-spy writes its file on SIGINT
+        profiler.wait(60)
+    started = _lambda_workers(stack.aws.endpoint_url) - workers_before
+    result = Burst(mode, runs, wall, cpu, started, deployment.deploy_s)
+    result.lambda_cpu_s, result.sagemaker_cpu_s = lambdas, sagemaker
+    result.client_cpu_s, result.environments_pss_mb = client_cpu, environments_pss
+    result.slowest, result.retried_errors = where_the_slowest_went(sfn, runs)
+    return result
+
+
+def measure(mode: str, args: argparse.Namespace) -> Burst:
+    """A fresh stack, the deploy, then the burst."""
+    with deployed(mode) as deployment:
+        return burst(mode, deployment, args)
 
 
 def summary_rows(executions: int, in_flight: int) -> dict[str, float]:

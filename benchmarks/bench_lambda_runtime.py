@@ -35,6 +35,7 @@ HANDLER = (
 )
 TRUST = trust("lambda.amazonaws.com")
 WARM_ENVIRONMENTS = int(os.environ.get("BENCH_WARM_ENVIRONMENTS", "100"))
+COLD_FUNCTIONS = int(os.environ.get("BENCH_COLD_FUNCTIONS", "21"))
 
 
 # A handler as the course writes them: a boto3 client made at import.
@@ -75,6 +76,12 @@ def _start(root: Path, state: Path) -> tuple[subprocess.Popen[bytes], dict[str, 
     return process, write_profile(state / "profile", endpoint)
 
 
+def _cpu_ms(pid: int) -> float:
+    """utime + stime of one process so far, in ms."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) * 1000 / os.sysconf("SC_CLK_TCK")
+
+
 def _p50(samples: list[float]) -> float:
     return statistics.median(samples)
 
@@ -90,7 +97,7 @@ def measure(root: Path) -> dict[str, float]:
             iam, lam = boto3.client("iam"), boto3.client("lambda")
             role = iam.create_role(RoleName="bench", AssumeRolePolicyDocument=TRUST)["Role"]["Arn"]
             cold = []
-            for _ in range(7):
+            for _ in range(COLD_FUNCTIONS):
                 name = f"cold-{uuid.uuid4().hex[:8]}"
                 create_function(lam, name, HANDLER, role)
                 started = time.perf_counter()
@@ -106,6 +113,11 @@ def measure(root: Path) -> dict[str, float]:
                 started = time.perf_counter()
                 lam.get_function_configuration(FunctionName=name)
                 control.append((time.perf_counter() - started) * 1000)
+            # The emulator's own CPU per warm invoke (utime + stime), without the control calls.
+            cpu_before = _cpu_ms(process.pid)
+            for _ in range(100):
+                lam.invoke(FunctionName=name, Payload=b"{}")["Payload"].read()
+            emulator_cpu_ms = (_cpu_ms(process.pid) - cpu_before) / 100
             timeouts = []
             create_function(lam, "timeout-1s", HANDLER, role, Timeout=1)
             for _ in range(3):
@@ -138,10 +150,11 @@ def measure(root: Path) -> dict[str, float]:
             os.environ.update(saved)
             boto3.DEFAULT_SESSION = None
     return {
-        "cold start invoke, median of 7 (ms)": _p50(cold),
+        f"cold start invoke, median of {COLD_FUNCTIONS} (ms)": _p50(cold),
         "warm invoke p50 (ms)": _p50(warm),
         "control GetFunctionConfiguration p50 (ms)": _p50(control),
         "warm invoke / control (ratio)": _p50(warm) / _p50(control),
+        "emulator CPU per warm invoke (ms)": emulator_cpu_ms,
         "cold start, handler making a boto3 client (ms)": _p50(boto3_cold),
         "PSS per environment with a boto3 client (MB)": _p50(boto3_pss),
         "Timeout=1 sleeping 3 s: answered after (s)": _p50(timeouts),

@@ -56,7 +56,7 @@ import uuid
 import weakref
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -483,6 +483,7 @@ def batch_totals(metrics_text: str) -> tuple[float, float]:
 # sagemaker-local runs the project's model server whatever the image; the name is for parity.
 IMAGE = "123456789012.dkr.ecr.us-east-1.amazonaws.com/scones-model-server:latest"
 ROLE = "arn:aws:iam::123456789012:role/bench-serving"
+CREDENTIAL_VARIABLES = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")
 INVOKE_ENDPOINT = "InvokeEndpoint"
 INVOKE_CAPTURE = "InvokeEndpoint + 100% capture"
 # The same hop as InvokeEndpoint without boto3 (sagemaker-local does not check signatures): what
@@ -505,6 +506,7 @@ def container_environment(
     }
 
 
+@dataclass(eq=False)
 class EndpointStack:
     """The embedded stack (local_aws + sagemaker-local) serving a model dir behind endpoints.
 
@@ -512,69 +514,37 @@ class EndpointStack:
     clients reach it; the endpoints are InService and `clients` runtime clients are ready.
     """
 
-    def __init__(
-        self,
-        state_dir: Path,
-        model_dir: Path,
-        environment: dict[str, str],
-        capture: bool,
-        clients: int,
-    ) -> None:
-        self.state_dir = state_dir
-        self.model_dir = model_dir
-        self.environment = environment
-        self.capture = capture
-        self.clients = clients
-        self.endpoints: dict[str, str] = {}  # row name -> endpoint name
-        self.runtimes: list[Any] = []
-        self.bucket = f"bench-serving-{uuid.uuid4().hex[:12]}"
-        self.seconds_to_in_service = 0.0
-        self._stack: Any = None
-        self._saved: dict[str, str | None] = {}
-        self._hidden: dict[str, str] = {}
+    state_dir: Path
+    model_dir: Path
+    environment: dict[str, str]
+    capture: bool
+    clients: int
+    endpoints: dict[str, str] = field(default_factory=dict, init=False)  # row name -> endpoint
+    runtimes: list[Any] = field(default_factory=list, init=False)
+    bucket: str = field(
+        init=False, default_factory=lambda: f"bench-serving-{uuid.uuid4().hex[:12]}"
+    )
+    seconds_to_in_service: float = field(default=0.0, init=False)
+    sagemaker_url: str = field(default="", init=False)
+    _exits: contextlib.ExitStack = field(default_factory=contextlib.ExitStack, init=False)
 
     def __enter__(self) -> EndpointStack:
-        from scones.testing import start_local_stack
+        from scones.testing import selected_profile, start_local_stack
 
-        self._stack = start_local_stack(self.state_dir)
-        try:
-            self._select_profile()
+        stack = start_local_stack(self.state_dir)
+        self.sagemaker_url = stack.sagemaker_url
+        with contextlib.ExitStack() as exits:  # undone in reverse, now on failure or at __exit__
+            exits.callback(stop_process_group, stack.aws.process)
+            exits.callback(stop_process_group, stack.sagemaker, timeout=60)  # and model servers
+            # Nothing else may steer boto3 away from the profile (the parity rule: no endpoint_url).
+            exits.enter_context(selected_profile(stack.env, hide=CREDENTIAL_VARIABLES))
+            exits.callback(self.runtimes.clear)
             self._deploy()
-        except BaseException:
-            self.__exit__()
-            raise
+            self._exits = exits.pop_all()
         return self
 
     def __exit__(self, *exc: object) -> None:
-        from scones.stack import stop_process_group as stop_process
-        from scones.testing import reset_boto3
-
-        self.runtimes.clear()
-        try:
-            stop_process(self._stack.sagemaker, timeout=60)  # stops its model servers too
-        finally:
-            stop_process(self._stack.aws.process)
-            for name, value in self._saved.items():
-                if value is None:
-                    os.environ.pop(name, None)
-                else:
-                    os.environ[name] = value
-            os.environ.update(self._hidden)
-            reset_boto3()
-
-    def _select_profile(self) -> None:
-        from scones.testing import reset_boto3
-
-        self._saved = {name: os.environ.get(name) for name in self._stack.env}
-        # Nothing else may steer boto3 away from the profile (the parity rule: no endpoint_url).
-        self._hidden = {
-            name: os.environ.pop(name)
-            for name in list(os.environ)
-            if name.startswith("AWS_ENDPOINT_URL")
-            or name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")
-        }
-        os.environ.update(self._stack.env)
-        reset_boto3()
+        self._exits.close()
 
     def _deploy(self) -> None:
         import boto3
@@ -647,7 +617,7 @@ class EndpointStack:
     def rows(self, payload: bytes, levels: Sequence[int], requests: int) -> list[Row]:
         """sagemaker-local over plain HTTP, then InvokeEndpoint for every endpoint, at each C."""
         path = f"/endpoints/{self.endpoints[INVOKE_ENDPOINT]}/invocations"
-        url = self._stack.sagemaker_url
+        url = self.sagemaker_url
         rows = http_rows(SAGEMAKER_LOCAL_HTTP, url, payload, levels, requests, path=path)
         signed = boto3_request_headers(self.runtimes[0], self.endpoints[INVOKE_ENDPOINT], payload)
         rows += http_rows(

@@ -33,7 +33,6 @@ import io
 import json
 import os
 import signal
-import subprocess
 import sys
 import tempfile
 import threading
@@ -58,9 +57,9 @@ from botocore.exceptions import (
 from PIL import Image, PngImagePlugin
 
 from scones.monitoring import read_capture
-from scones.settings import REPO_ROOT
 from scones.stack import start_service, stop_process_group, wait_for_file, wait_for_health
 from scones.testing import LocalStack, selected_profile, start_local_stack
+from scones.testing_deploy import deploy_cli
 from scones.testing_processes import children, in_group
 
 T = TypeVar("T")
@@ -550,34 +549,9 @@ def durability_check(stack: FaultStack, run: FaultRun) -> dict[str, Any]:
 
 def deploy(stack: LocalStack, state_dir: Path, args: argparse.Namespace) -> dict[str, Any]:
     """The real deploy CLI in a subprocess, as a user runs it against the profile."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "SCONES_"))}
-    env.update(
-        stack.env,
-        SCONES_STATE_DIR=str(state_dir),
-        SCONES_MIN_VAL_ACCURACY="0",
-        # Every 2-class inference passes the filter: a failed execution is then a fault's doing.
-        SCONES_THRESHOLD="0.5",
-    )
-    command = [
-        sys.executable,
-        "-m",
-        "scripts.deploy",
-        "--rows-train",
-        str(args.rows_train),
-        "--rows-test",
-        str(args.rows_test),
-        "--epochs",
-        "1",
-    ]
-    result = subprocess.run(
-        command,
-        cwd=REPO_ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=DEPLOY_TIMEOUT_S,
-        check=False,
-    )
+    sizes = f"--rows-train {args.rows_train} --rows-test {args.rows_test} --epochs 1".split()
+    # Every 2-class inference passes the filter: a failed execution is then a fault's doing.
+    result = deploy_cli(sizes, stack.env, state_dir, DEPLOY_TIMEOUT_S, SCONES_THRESHOLD="0.5")
     if result.returncode != 0:
         raise RuntimeError(f"deploy failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
     return dict(json.loads((state_dir / "deploy.json").read_text()))

@@ -1,5 +1,7 @@
 """SageMaker PyTorch inference hooks for the image classifier (self-contained in `code/`).
 
+`networks.py` and `image_io.py` (the request decoding) ship beside it and are run by path.
+
 - `model_fn(model_dir)`: the network named in `model_config.json` with the weights of `model.pt`
   (loaded with `weights_only=True`), in eval mode, on CUDA when present.
 - `input_fn(body, content_type)`: `image/png`, `image/jpeg` or `application/x-image` bytes of any
@@ -18,51 +20,41 @@
 
 from __future__ import annotations
 
-import importlib.util
-import io
+import functools
 import json
-import sys
+import runpy
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import torch
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image
 
 IMAGE_CONTENT_TYPES = {"image/png", "image/jpeg", "application/x-image"}
-MAX_PIXELS = 4096 * 4096  # a small compressed body can claim a huge canvas; refuse before decoding
 # Set by model_fn: output_fn receives only the prediction, so the class names live here.
 _SERVING: dict[str, Any] = {}
 
 
-class UnsupportedContentTypeError(ValueError):
-    """The request's content type is not an image type this model accepts."""
+@functools.cache
+def _beside(stem: str) -> Any:
+    """`<stem>.py` beside this file, run once by path (never a same-named module on sys.path)."""
+    return SimpleNamespace(**runpy.run_path(str(Path(__file__).with_name(f"{stem}.py"))))
 
 
-class InvalidImageError(ValueError):
-    """The request body is not a decodable image."""
+_image_io = _beside("image_io")
+UnsupportedContentTypeError = _image_io.UnsupportedContentTypeError
+InvalidImageError = _image_io.InvalidImageError
 
 
 class UnsupportedAcceptError(ValueError):
     """The caller asked for a response type other than JSON."""
 
 
-def _networks() -> Any:
-    """networks.py beside this file (never a same-named module elsewhere on sys.path)."""
-    name = "_scones_networks"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name("networks.py"))
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
-
-
 def model_fn(model_dir: str) -> torch.nn.Module:
     """Load the network and weights from a model directory."""
     config = json.loads((Path(model_dir) / "model_config.json").read_text())
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    model = _networks().build_network(config["architecture"], len(config["classes"]))
+    model = _beside("networks").build_network(config["architecture"], len(config["classes"]))
     state = torch.load(Path(model_dir) / "model.pt", map_location=device, weights_only=True)
     model.load_state_dict(state)
     model.to(device).eval()
@@ -75,46 +67,24 @@ def model_fn(model_dir: str) -> torch.nn.Module:
     return model
 
 
-def _media_type(header: str | None) -> str:
-    return (header or "").split(";", 1)[0].strip().lower()
+def _rgba(upright: Image.Image) -> Image.Image:
+    if upright.mode in {"I", "I;16", "F"}:  # 16/32-bit grey: scale into 8 bits
+        upright = upright.point(lambda v: v / 256).convert("L")
+    return upright.convert("RGBA")
 
 
 def input_fn(request_body: bytes | bytearray | memoryview, content_type: str) -> torch.Tensor:
     """Decode image bytes into a normalised [1, 3, 32, 32] tensor."""
-    media_type = _media_type(content_type)
-    if media_type not in IMAGE_CONTENT_TYPES:
-        raise UnsupportedContentTypeError(
-            f"content type {content_type!r} is not supported; "
-            f"send one of {sorted(IMAGE_CONTENT_TYPES)}"
-        )
+    rgba = _image_io.decode_image(request_body, content_type, IMAGE_CONTENT_TYPES, _rgba)
     if not _SERVING:
         raise RuntimeError("model_fn has not been called")
-    try:
-        with Image.open(io.BytesIO(bytes(request_body))) as image:
-            if image.width * image.height > MAX_PIXELS:
-                raise InvalidImageError(
-                    f"image of {image.width}x{image.height} pixels is too large"
-                )
-            upright: Image.Image = ImageOps.exif_transpose(image)
-            if upright.mode in {"I", "I;16", "F"}:  # 16/32-bit grey: scale into 8 bits
-                upright = upright.point(lambda v: v / 256).convert("L")
-            rgba = upright.convert("RGBA")
-    except InvalidImageError:
-        raise
-    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
-        reason = "unknown image format" if isinstance(exc, UnidentifiedImageError) else exc
-        raise InvalidImageError(
-            f"request body is not a decodable image ({media_type}): {reason}"
-        ) from exc
     rgb = Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba).convert(
         "RGB"
     )
     size = _SERVING["size"]
     if rgb.size != (size, size):
         rgb = rgb.resize((size, size), Image.Resampling.BICUBIC)
-    pixels = torch.frombuffer(bytearray(rgb.tobytes()), dtype=torch.uint8).view(size, size, 3)
-    tensor = pixels.permute(2, 0, 1).unsqueeze(0).float() / 255
-    return (tensor - _SERVING["mean"]) / _SERVING["std"]
+    return _image_io.normalised(rgb, _SERVING["mean"], _SERVING["std"])
 
 
 def predict_fn(input_data: torch.Tensor, model: torch.nn.Module) -> torch.Tensor:
@@ -127,7 +97,7 @@ def predict_fn(input_data: torch.Tensor, model: torch.nn.Module) -> torch.Tensor
 
 def output_fn(prediction: torch.Tensor, accept: str | None) -> tuple[str, str]:
     """JSON probabilities in class order with the top label (a list for several images)."""
-    wanted = {_media_type(part) for part in (accept or "").split(",")}
+    wanted = {_image_io.media_type(part) for part in (accept or "").split(",")}
     if not wanted & {"", "*/*", "application/json", "application/*"}:
         raise UnsupportedAcceptError(f"accept {accept!r} is not supported; use application/json")
     classes = _SERVING["classes"]

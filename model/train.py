@@ -11,7 +11,7 @@ folder, entry point `train.py`) and locally as `python model/train.py`:
   `label_name`), and in the training channel `stats.json` (`mean`, `std`, `classes`);
 - the model goes to `SM_MODEL_DIR` (default `/opt/ml/model`): `model.pt` (a state_dict, safe with
   `torch.load(weights_only=True)`), `model_config.json` (architecture, class names, mean/std,
-  image size, validation accuracy) and `code/` (`inference.py` + `networks.py`, self-contained);
+  image size, validation accuracy) and `code/` (`inference.py`, `networks.py`, `image_io.py`);
 - a checkpoint every epoch in `--checkpoint-dir` (default `/opt/ml/checkpoints`, which SageMaker
   syncs with `CheckpointConfig`); a restarted job resumes from it when its configuration matches;
 - on any error the reason goes to `$SM_OUTPUT_DIR/failure` (default `/opt/ml/output/failure`,
@@ -63,7 +63,7 @@ PAD = 4
 MODEL_FILE = "model.pt"
 CONFIG_FILE = "model_config.json"
 CHECKPOINT_FILE = "checkpoint.pt"
-CODE_FILES = ("inference.py", "networks.py")
+CODE_FILES = ("inference.py", "networks.py", "image_io.py")
 
 
 class TrainingError(Exception):

@@ -17,7 +17,13 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 # What SageMaker unpacks into /opt/ml/model for the project's serving hooks.
-MODEL_FILES = ("model.pt", "model_config.json", "code/inference.py", "code/networks.py")
+MODEL_FILES = (
+    "model.pt",
+    "model_config.json",
+    "code/inference.py",
+    "code/networks.py",
+    "code/image_io.py",
+)
 
 
 class IncompleteModelError(Exception):

@@ -1,19 +1,24 @@
 """The real deploy in tests: a small one on the embedded stack, its executions, its test images.
 
 On "AWS" (moto in the test process, `tests/conftest.py`'s `fake_aws`), `aws_deploy` runs the
-deploy's AWS configuration with the image push replaced by `RecordedPush`.
+deploy's AWS configuration with the image push replaced by `RecordedPush`; `deploy_cli` runs the
+deploy command itself, as a user does, against a stack's profile.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import uuid
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from scones.deploy import Deployer, DeployOptions, DeployResult
 from scones.deploy.deployer import STEPS, Step
-from scones.settings import Settings
+from scones.settings import REPO_ROOT, Settings
 from scones.testing import run_execution
 
 # Small enough for a test (a few minutes on two cores), large enough to train past the bar.
@@ -40,6 +45,28 @@ def deploy(
     except Exception:
         print("\n".join(echoed))
         raise
+
+
+def deploy_cli(
+    args: Sequence[str],
+    profile_env: dict[str, str],
+    state_dir: Path,
+    timeout_s: float,
+    **knobs: str,
+) -> subprocess.CompletedProcess[str]:
+    """`python -m scripts.deploy ARGS` in a subprocess, its output captured (not checked).
+
+    It is configured only by the stack's profile (`profile_env`), the state folder and `knobs`
+    (SCONES_* variables): none of the caller's AWS_*, SCONES_* or BACKEND variables leak in.
+    Training's accuracy gate is off: these runs check the plumbing, and one epoch on a few dozen
+    images may stay at 0.5.
+    """
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "SCONES_", "BACKEND"))}
+    env.update(profile_env, SCONES_STATE_DIR=str(state_dir), SCONES_MIN_VAL_ACCURACY="0", **knobs)
+    command = [sys.executable, "-m", "scripts.deploy", *args]
+    return subprocess.run(
+        command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=timeout_s
+    )
 
 
 def execute(result: DeployResult, key: str) -> dict[str, Any]:

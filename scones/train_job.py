@@ -10,10 +10,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from botocore.exceptions import BotoCoreError, ClientError
-
-from scones.deploy import Deployer, DeployError, DeployOptions, iam, images, storage, training
-from scones.settings import SettingsError, load
+from scones.deploy import DeployOptions, iam, images, storage, training
+from scones.deploy.cli import run_deploy
 
 STEPS = (
     storage.ensure_bucket,
@@ -27,11 +25,10 @@ STEPS = (
 def main(argv: list[str] | None = None) -> int:
     """Stage the data if needed, then create the training job and follow it to its end."""
     argparse.ArgumentParser(prog="python -m scones.train_job", description=__doc__).parse_args(argv)
-    try:
-        result = Deployer(load(), DeployOptions()).deploy(STEPS)
-    except (DeployError, ClientError, BotoCoreError, SettingsError) as error:
-        print(f"\ntraining failed: {error}", file=sys.stderr)
+    deployed = run_deploy(DeployOptions(), STEPS, "training")
+    if deployed is None:
         return 1
+    _, result = deployed
     print(f"\nmodel: {result.model_artifact}")
     return 0
 

@@ -145,3 +145,27 @@ def test_auto_provisions_on_the_local_profile_only(
     for bad in ("-1", "many"):
         with pytest.raises(DeployError, match="SCONES_PROVISIONED_CONCURRENCY"):
             resolved(bad)
+
+
+def test_old_versions_are_pruned_to_the_newest_three(emulator: LocalAws, tmp_path: Path) -> None:
+    prefix = f"pv{uuid.uuid4().hex[:6]}"
+    name = FILTER.name(prefix)
+    lines: list[str] = []
+    for threshold in (0.5, 0.6, 0.7, 0.8, 0.9):  # each a new configuration: a new version
+        lines.clear()
+        _deploy(prefix, tmp_path, "0", lines, threshold=threshold)
+    lam = boto3.client("lambda")
+    versions = [v["Version"] for v in lam.list_versions_by_function(FunctionName=name)["Versions"]]
+    assert versions == ["$LATEST", "3", "4", "5"]
+    assert lam.get_alias(FunctionName=name, Name="live")["FunctionVersion"] == "5"
+    assert any("alias 4 -> 5" in line and "deleted old version 2" in line for line in lines), (
+        "\n".join(lines)
+    )
+    # The other functions did not change: their one version stays.
+    other = next(f for f in WORKFLOW_FUNCTIONS if f is not FILTER).name(prefix)
+    assert [
+        v["Version"] for v in lam.list_versions_by_function(FunctionName=other)["Versions"]
+    ] == [
+        "$LATEST",
+        "1",
+    ]

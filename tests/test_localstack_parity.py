@@ -16,10 +16,7 @@ instead of printing "Deployed:" over functions that cannot run.
 from __future__ import annotations
 
 import json
-import os
 import re
-import subprocess
-import sys
 import time
 import urllib.request
 import uuid
@@ -31,6 +28,7 @@ from typing import Any
 import boto3
 import pytest
 
+from scones.testing_deploy import deploy_cli
 from scones.testing_processes import rss_mb
 from services.localstack_host.environment import (
     LOCALSTACK_VERSION,
@@ -42,7 +40,6 @@ from services.localstack_host.host import SERVICES, RunningLocalStack
 from services.localstack_host.stack import down, up
 from tests.conftest import free_port, selected_profile
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
 LOCALSTACK_ACCOUNT = "000000000000"
 PREFIX = "scones"
 ENDPOINT = "scones-image-classifier"
@@ -129,25 +126,8 @@ def localstack_environment(pytestconfig: pytest.Config) -> LocalStackEnvironment
 
 def run_deploy(env: dict[str, str], state_dir: Path, *extra: str) -> DeployRun:
     """The real deploy CLI in a subprocess, configured only by the profile and SCONES_* knobs."""
-    process_env = {
-        k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "SCONES_", "BACKEND"))
-    }
-    process_env.update(
-        env,
-        SCONES_STATE_DIR=str(state_dir),
-        # The suite checks the plumbing, not the model: one epoch on 40 images may stay at 0.5.
-        SCONES_MIN_VAL_ACCURACY="0",
-    )
     started = time.monotonic()
-    result = subprocess.run(
-        [sys.executable, "-m", "scripts.deploy", *DEPLOY_ARGS, *extra],
-        cwd=REPO_ROOT,
-        env=process_env,
-        capture_output=True,
-        text=True,
-        timeout=DEPLOY_TIMEOUT_S,
-        check=False,
-    )
+    result = deploy_cli((*DEPLOY_ARGS, *extra), env, state_dir, DEPLOY_TIMEOUT_S)
     run = DeployRun(result.returncode, result.stdout, result.stderr, time.monotonic() - started)
     for line in result.stdout.splitlines():
         if match := CHANGE_LINE.match(line):

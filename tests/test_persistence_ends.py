@@ -272,3 +272,48 @@ def test_mutating_requests_take_their_service_guard_and_reads_none(store: Persis
     read = store.request_guard(signed("logs", target="Logs_20140328.DescribeLogGroups"), None)
     assert read is not store.guard("logs")
     assert store.request_guard(signed("logs", method="GET"), None) is not store.guard("logs")
+
+
+def test_concurrent_records_share_fsyncs_and_all_reach_the_disk(
+    store: Persistence, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Group commit: writers waiting together are covered by one fsync, none is skipped."""
+    from services.local_aws import persistence_executions
+
+    sfn = boto3.client("stepfunctions", region_name=REGION)
+    arn = sfn.start_execution(stateMachineArn=_machine(sfn), name="many", input="{}")[
+        "executionArn"
+    ]
+    _wait_status(sfn, arn, "SUCCEEDED")
+    from moto.stepfunctions.parser.models import stepfunctions_parser_backends
+
+    live = stepfunctions_parser_backends["123456789012"][REGION].describe_execution(arn)
+    journal = ExecutionJournal(store.root / "group.executions", store.s3.blobs)
+    journal.load()
+    real_fsync = os.fsync
+    synced_sizes: list[int] = []
+
+    def slow_fsync(fd: int) -> None:  # a slow disk: writers pile up behind each fsync
+        size = os.fstat(fd).st_size
+        time.sleep(0.02)
+        real_fsync(fd)
+        synced_sizes.append(size)
+
+    monkeypatch.setattr(persistence_executions.os, "fsync", slow_fsync)
+
+    def write(n: int) -> None:
+        for i in range(4):
+            execution = copy.copy(live)
+            execution.exec_arn = execution.execution_arn = f"{arn}-{n}-{i}"
+            journal.record(execution)
+
+    threads = [threading.Thread(target=write, args=(n,)) for n in range(16)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    journal.close()
+    latest, records = journal.latest()
+    assert records == 64 and len(latest) == 64
+    assert journal.fsyncs < 64, "writers that waited together shared an fsync"
+    assert synced_sizes[-1] == (store.root / "group.executions").stat().st_size

@@ -35,13 +35,8 @@ pytest_plugins = ["tests.sagemaker_local_harness"]
 def test_a_killed_model_server_is_replaced_and_callers_only_see_retryable_errors(
     sagemaker_local: SageMakerLocal, tiny_model: dict[str, Any]
 ) -> None:
-    name = serving_endpoint("ep-super", tiny_model["uri"])
-    client = sm()
-    rt = no_retry_runtime()
-    body = png_bytes(4)
-    assert rt.invoke_endpoint(EndpointName=name, Body=body, ContentType="image/png")
-    before = sagemaker_local.server(name)
-    os.killpg(before["pid"], signal.SIGKILL)
+    client, rt, body = sm(), no_retry_runtime(), png_bytes(4)
+    name, before = _served_then_killed(sagemaker_local, tiny_model["uri"], "ep-super", body)
     killed = time.monotonic()
     codes: list[str] = []
     statuses: set[str] = set()
@@ -125,6 +120,17 @@ def _invoke_or_none(rt: Any, name: str) -> Any:
     return json.loads(response["Body"].read())
 
 
+def _served_then_killed(
+    sagemaker_local: SageMakerLocal, model_uri: str, prefix: str, body: bytes
+) -> tuple[str, dict[str, Any]]:
+    """A new endpoint that answered `body`, then its model server SIGKILLed: name, server before."""
+    name = serving_endpoint(prefix, model_uri)
+    assert no_retry_runtime().invoke_endpoint(EndpointName=name, Body=body, ContentType="image/png")
+    before = sagemaker_local.server(name)
+    os.killpg(before["pid"], signal.SIGKILL)
+    return name, before
+
+
 def _impostor(port: int, stop: threading.Event) -> socket.socket:
     """A server on port that answers every request 200 "WRONG MODEL" (another endpoint's)."""
     listener = socket.socket()
@@ -159,12 +165,8 @@ def _impostor(port: int, stop: threading.Event) -> socket.socket:
 def test_a_dead_servers_port_taken_by_another_process_never_gets_the_traffic(
     sagemaker_local: SageMakerLocal, tiny_model: dict[str, Any]
 ) -> None:
-    name = serving_endpoint("ep-port", tiny_model["uri"])
-    client = sm()
-    rt = no_retry_runtime()
-    rt.invoke_endpoint(EndpointName=name, Body=png_bytes(5), ContentType="image/png")
-    before = sagemaker_local.server(name)
-    os.killpg(before["pid"], signal.SIGKILL)
+    client, rt = sm(), no_retry_runtime()
+    name, before = _served_then_killed(sagemaker_local, tiny_model["uri"], "ep-port", png_bytes(5))
     wait_for(lambda: not pid_alive(before["pid"]), "the model server to die")
     stop = threading.Event()
     try:

@@ -331,7 +331,7 @@ def test_concurrent_executions_keep_their_own_retry_counts(targets: dict[str, Ta
     after = target.health()["stepfunctions_speedups"]
     assert after["program_parses"] - before["program_parses"] == 1
     assert after["program_cache_hits"] - before["program_cache_hits"] == 11
-    assert after["in_process_requests"] - before["in_process_requests"] == 36
+    assert after["direct_lambda_invokes"] - before["direct_lambda_invokes"] == 36
 
 
 def test_one_client_serves_every_task(targets: dict[str, Target]) -> None:
@@ -344,7 +344,7 @@ def test_one_client_serves_every_task(targets: dict[str, Target]) -> None:
     after = target.health()["stepfunctions_speedups"]
     assert after["clients_created"] == after["clients_cached"] == 1
     assert after["client_requests"] - before["client_requests"] == 3
-    assert after["in_process_requests"] - before["in_process_requests"] == 3
+    assert after["direct_lambda_invokes"] - before["direct_lambda_invokes"] == 3
 
 
 def test_a_broken_backend_answers_500_as_over_http() -> None:

@@ -124,7 +124,13 @@ def test_default_training_reaches_the_bar_and_writes_a_deployable_model(
     model_dir = job / "model"
     assert sorted(
         p.relative_to(model_dir).as_posix() for p in model_dir.rglob("*") if p.is_file()
-    ) == ["code/inference.py", "code/networks.py", "model.pt", "model_config.json"]
+    ) == [
+        "code/image_io.py",
+        "code/inference.py",
+        "code/networks.py",
+        "model.pt",
+        "model_config.json",
+    ]
     state = torch.load(model_dir / "model.pt", weights_only=True)
     assert all(isinstance(v, torch.Tensor) for v in state.values())
     config = json.loads((model_dir / "model_config.json").read_text())
@@ -136,6 +142,7 @@ def test_default_training_reaches_the_bar_and_writes_a_deployable_model(
     archive = pack_model(model_dir, tmp_path / "model.tar.gz")
     with tarfile.open(archive) as tar:
         assert sorted(tar.getnames()) == [
+            "code/image_io.py",
             "code/inference.py",
             "code/networks.py",
             "model.pt",

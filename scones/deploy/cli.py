@@ -10,13 +10,29 @@ from collections.abc import Iterable
 from botocore.exceptions import BotoCoreError, ClientError
 
 from scones.deploy.context import VARIANT, DeployError, DeployOptions, DeployResult
-from scones.deploy.deployer import Deployer
-from scones.settings import SettingsError, load
+from scones.deploy.deployer import STEPS, Deployer, Step
+from scones.settings import Settings, SettingsError, load
 
 DESCRIPTION = (
     "Create or update, idempotently, everything the workflow needs on the target the AWS "
     "profile chooses: bucket, roles, dataset, training job, endpoint, Lambdas, state machine."
 )
+
+
+# What a deploy ends with when it cannot finish: a step's reason, AWS's answer, a bad knob.
+DEPLOY_ERRORS = (DeployError, ClientError, BotoCoreError, SettingsError)
+
+
+def run_deploy(
+    options: DeployOptions, steps: tuple[Step, ...] = STEPS, what: str = "deploy"
+) -> tuple[Settings, DeployResult] | None:
+    """Load the settings and run the steps; on failure `None`, "<what> failed: why" printed."""
+    try:
+        settings = load()
+        return settings, Deployer(settings, options).deploy(steps)
+    except DEPLOY_ERRORS as error:
+        print(f"\n{what} failed: {error}", file=sys.stderr)
+        return None
 
 
 def summary(result: DeployResult) -> str:
@@ -77,12 +93,10 @@ def main(argv: Iterable[str] | None = None) -> int:
         rows_train=args.rows_train,
         rows_test=args.rows_test,
     )
-    try:
-        settings = load()
-        result = Deployer(settings, options).deploy()
-    except (DeployError, ClientError, BotoCoreError, SettingsError) as error:
-        print(f"\ndeploy failed: {error}", file=sys.stderr)
+    deployed = run_deploy(options)
+    if deployed is None:
         return 1
+    settings, result = deployed
     if not options.plan:
         settings.state_dir.mkdir(parents=True, exist_ok=True)
         (settings.state_dir / "deploy.json").write_text(json.dumps(result.to_json(), indent=2))

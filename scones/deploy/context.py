@@ -37,24 +37,18 @@ class DeployOptions:
     skip_functions: bool = False
     # Print the training job's log lines (from CloudWatch Logs) while waiting for it.
     stream_logs: bool = True
-    prefix: str | None = None
+    # What the CLI and the tests' small deploys change; every other knob is the settings' own.
     epochs: int | None = None
     architecture: str | None = None
     rows_train: int | None = None
     rows_test: int | None = None
-    seed: int | None = None
-    lambda_runtime: str | None = None
-    training_instance: str | None = None
-    endpoint_instance: str | None = None
     training_image: str | None = None
-    capture_percentage: int | None = None
     waiter_delay_s: int | None = None
 
     def applied_to(self, settings: Settings) -> Settings:
         """The settings with this run's overrides applied."""
-        renamed = {"prefix": "name_prefix"}
         overrides = {
-            renamed.get(f.name, f.name): getattr(self, f.name)
+            f.name: getattr(self, f.name)
             for f in fields(self)
             if f.default is None and getattr(self, f.name) is not None
         }

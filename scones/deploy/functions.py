@@ -7,11 +7,13 @@ create, `LastUpdateStatus` Successful after an update, and fails with the functi
 (`LoggingConfig`), not a formatter inside each function.
 
 The state machine invokes each function's `live` alias, which points at a published version
-(published again only when the code or configuration changed). The alias carries the
-ProvisionedConcurrencyConfig (`SCONES_PROVISIONED_CONCURRENCY`): that many environments are
-initialised before the first execution and never reaped, so a burst of executions does not
-cold-start them. On AWS they are billed while configured, so `auto` provisions only on the local
-stack; with 0 an existing config is deleted.
+(published again only when the code or configuration changed, LoggingConfig and Layers
+included). After the alias moved, versions older than the newest KEEP_VERSIONS are deleted,
+except any an alias points or routes to (the same calls on AWS, which refuses to delete those).
+The alias carries the ProvisionedConcurrencyConfig (`SCONES_PROVISIONED_CONCURRENCY`): that
+many environments are initialised before the first execution and never reaped, so a burst of
+executions does not cold-start them. On AWS they are billed while configured, so `auto`
+provisions only on the local stack; with 0 an existing config is deleted.
 """
 
 from __future__ import annotations
@@ -34,8 +36,12 @@ NO_CONFIG = "ProvisionedConcurrencyConfigNotFoundException"
 # `auto` on the local stack: enough for the demo's 16 executions in flight (a task's Lambda is a
 # few ms of each execution), a few MB each.
 LOCAL_PROVISIONED = 4
-# Fields of a published version compared with $LATEST's to tell whether to publish again.
+# Fields of a published version compared with $LATEST's to tell whether to publish again
+# (Environment, LoggingConfig and Layers are compared by `version_settings`).
 VERSIONED_FIELDS = ("CodeSha256", "Runtime", "Role", "Handler", "Timeout", "MemorySize")
+# Published versions kept per function (the newest ones, and always the one `live` points at);
+# older ones are deleted after the alias moved, as mature deploy tools prune them.
+KEEP_VERSIONS = 3
 
 
 def function_environment(ctx: DeployContext, function: WorkflowFunction) -> dict[str, str]:
@@ -135,23 +141,64 @@ def ensure_alias(
         lam.update_alias(FunctionName=name, Name=ALIAS, FunctionVersion=version)
         changes.append(f"alias {alias['FunctionVersion']} -> {version}")
     changes += ensure_provisioned(ctx, name, provisioned)
+    deleted = prune_versions(lam, name)
+    if deleted:
+        changes.append(f"deleted old version{'s' if len(deleted) > 1 else ''} {', '.join(deleted)}")
     action = ("create" if alias is None else "update") if changes else "unchanged"
     ctx.note(result, "lambda alias", f"{name}:{ALIAS}", action, "; ".join(changes))
 
 
-def newest_matching_version(lam: Any, name: str, latest: dict[str, Any]) -> str | None:
-    """The newest published version with $LATEST's code and configuration, if any."""
+def published_versions(lam: Any, name: str) -> list[dict[str, Any]]:
+    """The function's published versions (not $LATEST), oldest first."""
     versions = []
     for page in lam.get_paginator("list_versions_by_function").paginate(FunctionName=name):
         versions += [v for v in page["Versions"] if v["Version"] != "$LATEST"]
+    return sorted(versions, key=lambda v: int(v["Version"]))
+
+
+def version_settings(config: dict[str, Any]) -> dict[str, Any]:
+    """What a published version freezes of a function's code and configuration."""
+    logging = config.get("LoggingConfig") or {}
+    return {
+        **{key: config.get(key) for key in VERSIONED_FIELDS},
+        "Environment": config.get("Environment", {}).get("Variables", {}),
+        # The whole LoggingConfig: its format, levels and log group all change what runs.
+        "LoggingConfig": {key: logging[key] for key in sorted(logging)},
+        "Layers": [layer["Arn"] for layer in config.get("Layers") or ()],
+    }
+
+
+def newest_matching_version(lam: Any, name: str, latest: dict[str, Any]) -> str | None:
+    """The newest published version with $LATEST's code and configuration, if any."""
+    versions = published_versions(lam, name)
     if not versions:
         return None
-    newest = max(versions, key=lambda v: int(v["Version"]))
-    same = all(newest.get(key) == latest.get(key) for key in VERSIONED_FIELDS) and (
-        newest.get("Environment", {}).get("Variables", {})
-        == latest.get("Environment", {}).get("Variables", {})
-    )
-    return str(newest["Version"]) if same else None
+    newest = versions[-1]
+    return str(newest["Version"]) if version_settings(newest) == version_settings(latest) else None
+
+
+def prune_versions(lam: Any, name: str, keep: int = KEEP_VERSIONS) -> list[str]:
+    """Delete published versions older than the newest `keep`, except any an alias points or
+    routes to; the ones deleted. A version still in use elsewhere (AWS refuses with
+    ResourceConflictException) is left for a later deploy."""
+    versions = [str(v["Version"]) for v in published_versions(lam, name)]
+    in_use = set()
+    for page in lam.get_paginator("list_aliases").paginate(FunctionName=name):
+        for alias in page["Aliases"]:
+            in_use.add(str(alias["FunctionVersion"]))
+            in_use.update((alias.get("RoutingConfig") or {}).get("AdditionalVersionWeights", {}))
+    deleted = []
+    for version in versions[: max(0, len(versions) - keep)]:
+        if version in in_use:
+            continue
+        try:
+            lam.delete_function(FunctionName=name, Qualifier=version)
+        except ClientError as error:
+            if error.response["Error"]["Code"] != "ResourceConflictException":
+                raise
+            continue
+        deleted.append(version)
+    return deleted
 
 
 def ensure_provisioned(ctx: DeployContext, name: str, count: int) -> list[str]:

@@ -250,6 +250,7 @@ def build_report(
     endpoint: str,
     threshold: float,
     out_dir: Path,
+    *,
     outcomes_path: Path | None = None,
     graph_path: Path | None = GRAPH_PNG,
     variant: str | None = None,
@@ -312,26 +313,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--threshold", type=float, required=True, help="the filter Lambda's THRESHOLD"
     )
-    parser.add_argument("--outcomes", type=Path, default=None, help="outcomes.json of the runs")
-    parser.add_argument("--graph", type=Path, default=GRAPH_PNG, help="state machine picture")
-    parser.add_argument("--out", type=Path, default=Path("report"), help="output folder")
+    parser.add_argument(
+        "--outcomes", type=Path, dest="outcomes_path", help="outcomes.json of the runs"
+    )
+    parser.add_argument(
+        "--graph", type=Path, dest="graph_path", default=GRAPH_PNG, help="state machine picture"
+    )
+    parser.add_argument(
+        "--out", type=Path, dest="out_dir", default=Path("report"), help="output folder"
+    )
     parser.add_argument(
         "--expect-records", type=int, default=0, help="wait for this many capture records"
     )
-    parser.add_argument("--wait", type=float, default=0.0, help="seconds to wait for them")
-    args = parser.parse_args(argv)
-    report = build_report(
-        args.bucket,
-        args.capture_prefix,
-        args.endpoint,
-        args.threshold,
-        args.out,
-        outcomes_path=args.outcomes,
-        graph_path=args.graph,
-        variant=args.variant,
-        expect_records=args.expect_records,
-        wait_s=args.wait,
+    parser.add_argument(
+        "--wait", type=float, dest="wait_s", default=0.0, help="seconds to wait for them"
     )
+    args = parser.parse_args(argv)
+    report = build_report(**vars(args))  # each option's dest is a parameter's name
     width = max(len(name) for name, _ in summary_rows(report.summary))
     for name, value in summary_rows(report.summary):
         print(f"{name.ljust(width)}  {value}")

@@ -65,27 +65,54 @@ def access_key_of(environ: Mapping[str, Any]) -> tuple[str, str, str] | None:
     return parts[0], parts[2], parts[3]
 
 
+# Access key -> (STS backend, its list of assumed roles, the assumed role, its account): every
+# request asks, and walking every session ever assumed grew with each Lambda environment. A
+# key not issued by STS (the administrator's) is remembered as None: keys are never reissued.
+_KNOWN_KEYS: dict[str, tuple[Any, list[Any], Any, str] | None] = {}
+_KNOWN_KEYS_MAX = 4096
+_UNKNOWN: Any = object()
+
+
 def session_of(access_key_id: str) -> Session | None:
     """The assumed-role session these credentials belong to (None: not role credentials)."""
+    found = _assumed(access_key_id)
+    if found is None:
+        return None
+    assumed, account_id = found
+    now = datetime.datetime.now(datetime.UTC).replace(tzinfo=None)
+    expiration = assumed.expiration
+    if expiration.tzinfo is not None:
+        expiration = expiration.astimezone(datetime.UTC).replace(tzinfo=None)
+    return Session(
+        account_id=account_id,
+        role_name=assumed.role_arn.split("/")[-1],
+        role_arn=assumed.role_arn,
+        session_name=assumed.session_name,
+        session_policy=assumed.policy or "",
+        expired=expiration < now,
+    )
+
+
+def _assumed(access_key_id: str) -> tuple[Any, str] | None:
     from moto.sts.models import sts_backends
 
+    known = _KNOWN_KEYS.get(access_key_id, _UNKNOWN)
+    if known is not _UNKNOWN:
+        if known is None:
+            return None
+        backend, sessions, assumed, account_id = known
+        if backend.assumed_roles is sessions:  # not reset since (a reset makes a new list)
+            return assumed, account_id
+    if len(_KNOWN_KEYS) >= _KNOWN_KEYS_MAX:
+        _KNOWN_KEYS.clear()
     for account_id, partitions in list(sts_backends.items()):
         for backend in list(partitions.values()):
             for assumed in list(backend.assumed_roles):
-                if assumed.access_key_id != access_key_id:
-                    continue
-                now = datetime.datetime.now(datetime.UTC).replace(tzinfo=None)
-                expiration = assumed.expiration
-                if expiration.tzinfo is not None:
-                    expiration = expiration.astimezone(datetime.UTC).replace(tzinfo=None)
-                return Session(
-                    account_id=account_id,
-                    role_name=assumed.role_arn.split("/")[-1],
-                    role_arn=assumed.role_arn,
-                    session_name=assumed.session_name,
-                    session_policy=assumed.policy or "",
-                    expired=expiration < now,
-                )
+                if assumed.access_key_id == access_key_id:
+                    sessions = backend.assumed_roles
+                    _KNOWN_KEYS[access_key_id] = (backend, sessions, assumed, account_id)
+                    return assumed, account_id
+    _KNOWN_KEYS[access_key_id] = None
     return None
 
 

@@ -9,11 +9,13 @@ mount namespace, /var/task, /opt, /tmp) and runs awslambdaric.
 
 A cold start does not wait for a fork: one spare child is always forked ahead, and it imports
 what no function changes (`awslambdaric.bootstrap` and its Runtime API client) before any
-request names it. A request goes to the spare, which sets the function's environment, loads the
-native Runtime API client (it reads the API's address from the environment when loaded, so
-neither the server nor the spare can load it earlier), refreshes the two settings bootstrap read
-from the environment at import (log format and level), enters its sandbox and runs the runtime;
-the server forks the next spare after answering.
+request names it. The server hands the emulator a link to the spare, so a cold start's request
+goes straight to it, with no hop through the server (the emulator tells the server it was
+taken, so that its exit is reported). The spare sets the function's environment, initialises
+the native Runtime API client (loaded by the server; initialising reads the API's address from
+the environment, so it waits for the request), refreshes the two settings bootstrap read from
+the environment at import (log format and level), enters its sandbox and runs the runtime. The
+server forks the next spare a moment later, when the cold start no longer needs the CPU.
 
 Before forking anything, the server also builds one client of each of WARM_CLIENTS, so that
 botocore's parsed data files (the JSON that makes a first `boto3.client("s3")` cost 100-250 ms
@@ -33,9 +35,12 @@ import signal
 import socket
 import sys
 from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
 
 FD_VARIABLE = "_LOCAL_LAMBDA_FORKSERVER_FD"
 CONFIG_VARIABLE = "_LOCAL_LAMBDA_FORKSERVER"
+API_VARIABLE = "AWS_LAMBDA_RUNTIME_API"
 MAX_MESSAGE = 1 << 20
 # What every Python function environment needs: the runtime client's modules and boto3 (AWS's
 # Python runtimes include it). Not its bootstrap nor its native Runtime API client: the spare
@@ -53,11 +58,18 @@ PRELOAD = (
     "runpy",
     "traceback",
 )
-# What the spare imports after its fork, ahead of its request (not `awslambdaric.__main__`: runpy
-# runs that as __main__, and warns when it is already imported).
-SPARE_PRELOAD = ("awslambdaric.lambda_runtime_client", "awslambdaric.bootstrap")
+# What the spare imports after its fork, ahead of its request: the runtime client's entry point
+# and what it imports (the native client among them, which needs the API's address).
+SPARE_PRELOAD = (
+    "awslambdaric.lambda_runtime_client",
+    "awslambdaric.bootstrap",
+    "awslambdaric.__main__",
+    "awslambdaric.lambda_literals",
+)
 # Spares kept forked ahead; each costs the few MB of pages its imports wrote.
 SPARES = 1
+# After a spare is taken, the next one is forked this much later (not during the cold start).
+SPARE_REFILL_DELAY_S = 0.03
 # Services whose data botocore parses in the server (those the project's functions call; any
 # other service is parsed in the environment, as before). The three add ~15 MB RSS and ~0.2 s to
 # the server's start, and save each environment that makes a client of them ~13 MB of PSS.
@@ -74,11 +86,26 @@ class ForkedProcess:
         self.pid = pid
         self.returncode: int | None = None
         self._exited = threading.Event()
+        self._lock = threading.Lock()
+        self._on_exit: list[Callable[[], object]] = []
 
     def exited(self, code: int) -> None:
-        """Record the exit status reported by the server."""
-        self.returncode = code
-        self._exited.set()
+        """Record the exit status reported by the server; run the exit callbacks."""
+        with self._lock:
+            self.returncode = code
+            self._exited.set()
+            callbacks, self._on_exit = self._on_exit, []
+        for callback in callbacks:
+            callback()
+
+    def on_exit(self, callback: Callable[[], object]) -> None:
+        """Call `callback` (in the server's reader thread) once the process has exited; at once
+        if it has. A forked worker needs no thread of its own to learn of its exit."""
+        with self._lock:
+            if not self._exited.is_set():
+                self._on_exit.append(callback)
+                return
+        callback()
 
     def poll(self) -> int | None:
         """The exit status, or None while it runs."""
@@ -94,6 +121,28 @@ class ForkedProcess:
         return self.returncode
 
 
+class SpareApi(Protocol):
+    """What the emulator gives a spare ahead of its request: the Runtime API it will talk to."""
+
+    address: str
+
+    def close(self) -> None: ...
+
+
+@dataclass
+class Spare:
+    """A child forked ahead, taken for one environment: its pid, link and Runtime API."""
+
+    pid: int
+    link: socket.socket
+    api: SpareApi
+
+    def discard(self) -> None:
+        """Close what the emulator holds of it (the spare exits at the link's EOF)."""
+        self.link.close()
+        self.api.close()
+
+
 class ForkServer:
     """The emulator's handle on the fork server process."""
 
@@ -104,13 +153,22 @@ class ForkServer:
         runtime_dir: str,
         binds: list[list[object]],
         log_path: str,
+        new_api: Callable[[], SpareApi],
+        environment_namespace: tuple[bool, bool] = (False, False),
         ready_timeout_s: float = 30.0,
     ) -> None:
         import subprocess
         import threading
 
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        config = {"runtime_dir": runtime_dir, "namespace": bool(binds), "binds": binds}
+        # `environment_namespace`: whether each environment gets a mount namespace, and through
+        # a user namespace (the same for all: the emulator forks only those with its sandbox).
+        config = {
+            "runtime_dir": runtime_dir,
+            "namespace": bool(binds),
+            "binds": binds,
+            "environments": list(environment_namespace),
+        }
         env = {
             "PATH": os.environ.get("PATH", ""),
             "TZ": ":UTC",
@@ -129,13 +187,20 @@ class ForkServer:
             )
         theirs.close()
         self._channel = ours
+        self._new_api = new_api
+        self._spare: Spare | None = None
         self._lock = threading.Lock()
         self._next_id = 0
         self._spawned: dict[int, tuple[threading.Event, list[ForkedProcess]]] = {}
         self._children: dict[int, ForkedProcess] = {}
         ours.settimeout(ready_timeout_s)
         try:
-            ready = json.loads(ours.recv(MAX_MESSAGE) or b"{}")
+            while True:  # the spares' links come first
+                data, fds, _, _ = socket.recv_fds(ours, MAX_MESSAGE, 1)
+                ready = json.loads(data or b"{}")
+                if "spare" not in ready or not fds:
+                    break
+                self._keep_spare(ready["spare"], fds[0])
         except (OSError, ValueError) as error:
             self.close()
             raise RuntimeError(f"the Lambda fork server did not start: {error}") from error
@@ -150,8 +215,36 @@ class ForkServer:
         """Whether the server still runs."""
         return self.process.poll() is None
 
+    def take_spare(self) -> Spare | None:
+        """The spare forked ahead, if one is at hand; its Runtime API is the environment's."""
+        with self._lock:
+            spare, self._spare = self._spare, None
+        return spare
+
+    def start(
+        self,
+        spare: Spare,
+        env: dict[str, str],
+        plan: dict,  # type: ignore[type-arg]
+        log_fd: int,
+    ) -> ForkedProcess | None:
+        """Make a taken spare the environment; None if it died unused (then `spawn` one)."""
+        with self._lock:
+            child = self._children[spare.pid] = ForkedProcess(spare.pid)
+            # Before the request: the server then knows the spare's exit is to be reported.
+            _send(self._channel, {"taken": spare.pid})
+        try:
+            socket.send_fds(spare.link, [json.dumps({"env": env, "plan": plan}).encode()], [log_fd])
+        except OSError:
+            with self._lock:
+                self._children.pop(spare.pid, None)
+            return None
+        finally:
+            spare.link.close()
+        return child
+
     def spawn(self, env: dict[str, str], plan: dict, log_fd: int) -> ForkedProcess:  # type: ignore[type-arg]
-        """Fork one environment; its stdout and stderr go to log_fd."""
+        """Fork one environment through the server; its stdout and stderr go to log_fd."""
         import threading
 
         done: tuple[threading.Event, list[ForkedProcess]] = (threading.Event(), [])
@@ -165,15 +258,32 @@ class ForkServer:
             raise RuntimeError("the Lambda fork server did not fork")
         return done[1][0]
 
+    def _keep_spare(self, pid: int, link_fd: int) -> None:
+        """A new spare: give it its Runtime API's address (it loads the native client with it)."""
+        link = socket.socket(fileno=link_fd)
+        api = self._new_api()
+        try:
+            link.send(json.dumps({"api": api.address}).encode())
+        except OSError:  # it died already
+            Spare(pid, link, api).discard()
+            return
+        with self._lock:
+            old, self._spare = self._spare, Spare(pid, link, api)
+        if old is not None:
+            old.discard()
+
     def _read(self) -> None:
         while True:
             try:
-                data = self._channel.recv(MAX_MESSAGE)
+                data, fds, _, _ = socket.recv_fds(self._channel, MAX_MESSAGE, 1)
             except OSError:
-                data = b""
+                data, fds = b"", []
             if not data:
                 break
             message = json.loads(data)
+            if "spare" in message and fds:
+                self._keep_spare(message["spare"], fds[0])
+                continue
             with self._lock:
                 if "pid" in message and "id" in message:
                     child = self._children[message["pid"]] = ForkedProcess(message["pid"])
@@ -188,6 +298,9 @@ class ForkServer:
         with self._lock:
             children, self._children = list(self._children.values()), {}
             waiting, self._spawned = list(self._spawned.values()), {}
+            spare, self._spare = self._spare, None
+        if spare is not None:
+            spare.discard()
         for child in children:
             child.exited(-9)
         for event, _ in waiting:
@@ -201,6 +314,10 @@ class ForkServer:
         with contextlib.suppress(OSError):
             self._channel.shutdown(socket.SHUT_RDWR)
         self._channel.close()
+        with self._lock:
+            spare, self._spare = self._spare, None
+        if spare is not None:
+            spare.discard()
         try:
             self.process.wait(timeout=5)
         except subprocess.TimeoutExpired:
@@ -230,6 +347,7 @@ def _serve() -> None:
     _warm_botocore()
     import gc
     import select
+    import time
 
     gc.collect()
     gc.freeze()  # the preloaded objects' pages stay shared: no collector writes to them
@@ -239,13 +357,14 @@ def _serve() -> None:
     signal.signal(signal.SIGCHLD, lambda signum, frame: None)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     children: set[int] = set()
-    spares: dict[int, socket.socket] = {}  # pid -> the link its request goes over (oldest first)
+    spares: set[int] = set()  # forked ahead; the emulator holds the link each one's request takes
+    refill_at: float | None = None  # when to fork the spares missing (monotonic)
 
     def forked_child(*also: socket.socket) -> None:
         """In a new child: drop the server's signal wiring and every link that is not its own."""
         signal.set_wakeup_fd(-1)  # before its descriptors close: a signal would write there
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-        for inherited in (channel, *also, *spares.values()):
+        for inherited in (channel, *also):
             inherited.close()
         os.close(wake_read)
         os.close(wake_write)
@@ -255,42 +374,55 @@ def _serve() -> None:
         pid = os.fork()
         if pid == 0:
             forked_child(ours)
-            _spare(theirs, lambda_sandbox)
+            _spare(theirs, lambda_sandbox, config)
         theirs.close()
-        spares[pid] = ours
+        spares.add(pid)
+        # The emulator sends the request straight to the spare: no hop through this process.
+        with contextlib.suppress(OSError):
+            socket.send_fds(channel, [json.dumps({"spare": pid}).encode()], [ours.fileno()])
+        ours.close()
 
     for _ in range(SPARES):
         fork_spare()
     _send(channel, {"ready": True, "pid": os.getpid()})
     while True:
-        readable, _, _ = select.select([channel.fileno(), wake_read], [], [])
+        timeout = None if refill_at is None else max(0.0, refill_at - time.monotonic())
+        readable, _, _ = select.select([channel.fileno(), wake_read], [], [], timeout)
         if wake_read in readable:
             os.read(wake_read, 4096)
+        # Messages before exits: a spare's "taken" is sent before its request, so it is here
+        # before the spare can have exited, and that exit is reported.
+        # (socket.recv_fds ignores its flags before 3.12: a zero-timeout select, not DONTWAIT)
+        while select.select([channel.fileno()], [], [], 0)[0]:
+            data, fds, _, _ = socket.recv_fds(channel, MAX_MESSAGE, 1)
+            if not data:  # the emulator is gone: so are its environments
+                for pid in [*children, *spares]:
+                    _kill_group(pid)
+                os._exit(0)
+            request = json.loads(data)
+            if "taken" in request:
+                spares.discard(request["taken"])
+                children.add(request["taken"])
+            else:  # no spare was at hand: fork one now
+                pid = os.fork()
+                if pid == 0:
+                    forked_child()
+                    _child(request, fds[0], lambda_sandbox, None, config["binds"])
+                children.add(pid)
+                _send(channel, {"id": request["id"], "pid": pid})
+            for fd in fds:
+                os.close(fd)
+            if len(spares) < SPARES and refill_at is None:
+                # Not at once: forking and the new spare's imports would take the CPU from
+                # the cold start that took the last one.
+                refill_at = time.monotonic() + SPARE_REFILL_DELAY_S
         _reap(channel, children, spares)
-        if channel.fileno() not in readable:
-            if len(spares) < SPARES:  # one died unused
+        if len(spares) < SPARES and refill_at is None:  # one died unused
+            refill_at = time.monotonic()
+        if refill_at is not None and time.monotonic() >= refill_at:
+            refill_at = None
+            while len(spares) < SPARES:
                 fork_spare()
-            continue
-        data, fds, _, _ = socket.recv_fds(channel, MAX_MESSAGE, 1)
-        if not data:  # the emulator is gone: so are its environments
-            for pid in [*children, *spares]:
-                _kill_group(pid)
-            os._exit(0)
-        request = json.loads(data)
-        spare = _hand_to_spare(spares, data, fds)
-        if spare is not None:
-            pid = spare
-        else:
-            pid = os.fork()
-            if pid == 0:
-                forked_child()
-                _child(request, fds[0], lambda_sandbox, prepared=None)
-        for fd in fds:
-            os.close(fd)
-        children.add(pid)
-        _send(channel, {"id": request["id"], "pid": pid})
-        while len(spares) < SPARES:  # after the answer: the next cold start's spare
-            fork_spare()
 
 
 def _warm_botocore() -> None:
@@ -322,65 +454,46 @@ def _warm_botocore() -> None:
         )
 
 
-def _hand_to_spare(spares: dict[int, socket.socket], data: bytes, fds: list[int]) -> int | None:
-    """Send a request to the oldest spare; its pid, or None when none could take it."""
-    while spares:
-        pid = next(iter(spares))
-        link = spares.pop(pid)
-        try:
-            socket.send_fds(link, [data], fds)
-        except OSError:  # it died before its request: its exit is reaped, unreported
-            _kill_group(pid)
-            continue
-        finally:
-            link.close()
-        return pid
-    return None
-
-
-def _spare(link: socket.socket, lambda_sandbox: object) -> None:
-    """A child forked ahead: import what every environment needs, then wait for a request."""
+def _spare(link: socket.socket, lambda_sandbox: Any, config: dict[str, Any]) -> None:
+    """A child forked ahead: told its Runtime API's address, it imports what every environment
+    needs (the native client reads the address when it loads) and enters its own mount namespace
+    if environments have one; then it waits for its request."""
     try:
         os.setsid()  # its own process group, killed as one
         import importlib
-        import types
 
-        # The native Runtime API client reads the API's address from the environment when it
-        # is loaded, and the address comes with the request: until then a stand-in takes the
-        # initialisation `lambda_runtime_client` asks for at import.
-        stand_in = types.ModuleType("runtime_client")
-        deferred: list[str] = []
-        stand_in.initialize_client = deferred.append  # type: ignore[attr-defined]
-        sys.modules["runtime_client"] = stand_in
+        data = link.recv(MAX_MESSAGE)
+        if not data:  # the emulator dropped it unused
+            os._exit(0)
+        os.environ[API_VARIABLE] = json.loads(data)["api"]
         for name in SPARE_PRELOAD:
             importlib.import_module(name)
-        del sys.modules["runtime_client"]
+        namespace, user_namespace = config["environments"]
+        if namespace:
+            lambda_sandbox.enter_namespace(user_namespace)
         data, fds, _, _ = socket.recv_fds(link, MAX_MESSAGE, 1)
         link.close()
     except BaseException:
         os._exit(1)
-    if not data or not fds:  # the server is gone (EOF) before a request came
+    if not data or not fds:  # the emulator is gone (EOF) before a request came
         os._exit(0)
-    _child(json.loads(data), fds[0], lambda_sandbox, prepared=lambda: _load_native(deferred))
-
-
-def _load_native(user_agent: list[str]) -> None:
-    """Load the native client now that the environment names the API; replace the stand-in."""
-    import runtime_client  # type: ignore[import-not-found]
-    from awslambdaric import lambda_runtime_client  # type: ignore[import-not-found]
-
-    runtime_client.initialize_client(*user_agent)
-    lambda_runtime_client.runtime_client = runtime_client
+    request = json.loads(data)
+    if request["env"].get(API_VARIABLE) != os.environ[API_VARIABLE]:
+        os._exit(1)  # its client would talk to another environment's API
+    _child(request, fds[0], lambda_sandbox, _refresh_bootstrap_settings, config["binds"], namespace)
 
 
 def _child(
-    request: dict,  # type: ignore[type-arg]
+    request: dict[str, Any],
     log_fd: int,
-    lambda_sandbox: object,
+    lambda_sandbox: Any,
     prepared: Callable[[], object] | None,
+    present: list[list[object]],
+    entered: bool = False,
 ) -> None:
-    """Become the requested environment and run the runtime; `prepared`: a spare's deferred
-    initialisation of the native client, called once the function's environment is set."""
+    """Become the requested environment and run the runtime. `prepared`: for a spare, what it
+    redoes once the function's environment is set (it imported bootstrap before); `present`:
+    the server's binds, inherited; `entered`: the spare is in its own mount namespace already."""
     code = 1
     try:
         if prepared is None:
@@ -398,13 +511,19 @@ def _child(
         time.tzset()
         if prepared is not None:
             prepared()
-            _refresh_bootstrap_settings()
         plan = request["plan"]
-        lambda_sandbox.apply(plan)  # type: ignore[attr-defined]
-        import runpy
+        lambda_sandbox.apply(plan, entered=entered, present=present)
+        if prepared is not None:  # a spare imported the entry point ahead: run it as runpy would
+            from awslambdaric import __main__ as entry  # type: ignore[import-not-found]
 
-        sys.argv = ["awslambdaric", *plan["argv"]]
-        runpy.run_module("awslambdaric", run_name="__main__", alter_sys=True)
+            sys.modules["__main__"] = entry
+            sys.argv = [str(entry.__file__), *plan["argv"]]
+            entry.main(sys.argv)
+        else:
+            import runpy
+
+            sys.argv = ["awslambdaric", *plan["argv"]]
+            runpy.run_module("awslambdaric", run_name="__main__", alter_sys=True)
         code = 0
     except SystemExit as exit_:
         code = exit_.code if isinstance(exit_.code, int) else 1
@@ -433,7 +552,7 @@ def _refresh_bootstrap_settings() -> None:
     )
 
 
-def _reap(channel: socket.socket, children: set[int], spares: dict[int, socket.socket]) -> None:
+def _reap(channel: socket.socket, children: set[int], spares: set[int]) -> None:
     while True:
         try:
             pid, status = os.waitpid(-1, os.WNOHANG)
@@ -442,7 +561,7 @@ def _reap(channel: socket.socket, children: set[int], spares: dict[int, socket.s
         if pid == 0:
             return
         if pid in spares:  # died before any request: nobody to tell
-            spares.pop(pid).close()
+            spares.discard(pid)
             continue
         children.discard(pid)
         _send(channel, {"exited": pid, "code": os.waitstatus_to_exitcode(status)})

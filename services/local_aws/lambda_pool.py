@@ -87,7 +87,7 @@ class FunctionPool:
                 self._workers.add(worker)
             started.append(worker)
         for worker in started:
-            if worker.ready.wait(INIT_TIMEOUT_S) and worker.alive:
+            if worker.wait_ready(INIT_TIMEOUT_S) and worker.alive:
                 worker.cold = False  # initialised before any invocation: no Init Duration
                 self.release(worker)
             else:

@@ -34,6 +34,7 @@ from . import lambda_sandbox
 from .lambda_concurrency import ConcurrencyMeter
 from .lambda_forkserver import ForkServer
 from .lambda_pool import FunctionPool
+from .lambda_runtime_api import RuntimeApi
 from .lambda_spec import Credentials, FunctionSpec, Outcome, Sandbox
 from .lambda_worker import Worker
 
@@ -241,6 +242,8 @@ class LambdaRuntime:
                     runtime_dir,
                     binds,
                     str(logs / "forkserver.log"),
+                    RuntimeApi,
+                    (sandbox.namespace, sandbox.user_namespace),
                 )
             except (OSError, RuntimeError) as error:
                 log.warning("Lambda fork server unavailable, starting each worker anew: %s", error)
@@ -293,6 +296,14 @@ class LambdaRuntime:
         if old is not None:
             old.retire()
         return pool
+
+    def retire(self, spec: FunctionSpec) -> None:
+        """Stop a deleted version's environments (idle ones now, busy ones when they finish)."""
+        with self._lock:
+            key = self._current.pop(f"{spec.function_arn}:{spec.version}", None)
+            pool = self._pools.pop(key, None) if key else None
+        if pool is not None:
+            pool.retire()
 
     def _unpack(self, key: str, archives: list[bytes], kind: str) -> Path:
         """Unpack zips into one folder (later archives overwrite earlier ones, as layers do)."""

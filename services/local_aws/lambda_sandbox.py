@@ -86,12 +86,23 @@ def mount_tmpfs(target: str, size_mb: int) -> None:
     _mount(_libc(), "tmpfs", target, "tmpfs", _MS_NOSUID | _MS_NODEV, f"size={size_mb}m,mode=1777")
 
 
-def apply(plan: dict) -> None:  # type: ignore[type-arg]
-    """Set up the environment described by the host's plan (namespace, mounts, path, cwd)."""
+def apply(
+    plan: dict,  # type: ignore[type-arg]
+    entered: bool = False,
+    present: list[list[object]] | None = None,
+) -> None:
+    """Set up the environment described by the host's plan (namespace, mounts, path, cwd).
+
+    `entered`: the process is in its own mount namespace already; `present`: binds it inherited
+    (a fork server's), not made again.
+    """
     if plan.get("namespace"):
-        enter_namespace(bool(plan.get("user_namespace")))
+        if not entered:
+            enter_namespace(bool(plan.get("user_namespace")))
+        inherited = {tuple(b) for b in present or ()}
         for source, target, read_only in plan.get("binds", []):
-            bind(source, target, read_only)
+            if (source, target, read_only) not in inherited:
+                bind(source, target, read_only)
         for target, size_mb in plan.get("tmpfs", []):
             mount_tmpfs(target, size_mb)
     os.chdir(plan["cwd"])

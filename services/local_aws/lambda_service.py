@@ -6,7 +6,8 @@ DeadLetterConfig kept and returned, `State` Pending -> Active after a create and
 exercised), the execution role's trust policy checked at create, at most five layers, and Invoke
 served by the real runtime with throttling (TooManyRequestsException) and, for
 `InvocationType=Event`, AWS's queue with retries and destinations (`lambda_async`);
-ProvisionedConcurrencyConfig in `lambda_provisioned`.
+ProvisionedConcurrencyConfig in `lambda_provisioned`, version numbers and deletion in
+`lambda_versions`.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import os
 import time
 from typing import TYPE_CHECKING, Any
 
-from . import lambda_provisioned
+from . import lambda_provisioned, lambda_versions
 from .lambda_async import EventQueue
 from .lambda_concurrency import Throttled
 from .lambda_logs import LoggingConfig
@@ -132,6 +133,7 @@ def install(emulator: Emulator) -> None:
     runtime = emulator.runtime
     runtime.credentials = role_credentials
     lambda_provisioned.install(runtime, spec_of, layer_zips)
+    lambda_versions.install(runtime, spec_of)
     events = EventQueue(runtime, spec_of, layer_zips)
     emulator.lambda_events = events  # type: ignore[attr-defined]
 

@@ -18,9 +18,16 @@ from pathlib import Path
 from typing import Any
 
 from . import lambda_sandbox
-from .lambda_forkserver import ForkServer
+from .lambda_forkserver import ForkedProcess, ForkServer, Spare
 from .lambda_logs import end_lines, start_lines
-from .lambda_runtime_api import Invocation, RuntimeApiServer, error_payload
+from .lambda_runtime_api import (
+    RUNTIME_API_PREFIX,
+    Closed,
+    Invocation,
+    Request,
+    RuntimeApi,
+    error_payload,
+)
 from .lambda_spec import Credentials, FunctionSpec, Outcome, Sandbox
 
 INIT_TIMEOUT_S = 10.0
@@ -58,21 +65,23 @@ class Worker:
         self.idle_since = time.monotonic()
         self.credentials_expire_at = credentials.expires_at if credentials else float("inf")
         self._started_at = time.monotonic()
-        self._cond = threading.Condition()
-        self._pending: Invocation | None = None
-        self._current: Invocation | None = None
+        # One thread at a time talks to the runtime (an invocation, or a provisioning wait).
+        self._driving = threading.Lock()
+        self._waiting: Request | None = None  # the runtime's `/next`, read and not yet answered
         self._stopping = False
         self._log_offset = 0
         self._scratch_dir = scratch_dir
-        self._api = RuntimeApiServer(self)
-        threading.Thread(target=self._api.serve_forever, daemon=True, name="runtime-api").start()
-        host, port = str(self._api.server_address[0]), int(self._api.server_address[1])
+        # A spare forked ahead comes with its Runtime API (its native client already knows it).
+        spare = fork_server.take_spare() if fork_server is not None else None
+        api = spare.api if spare is not None else RuntimeApi()
+        assert isinstance(api, RuntimeApi)  # what LambdaRuntime gives its fork server
+        self._api = api
         sandbox = sandbox or Sandbox(namespace=False, user_namespace=False, aws_paths=False)
         plan = _sandbox_plan(spec, sandbox, task_root, runtime_site, opt_dir)
         env = {name: os.environ[name] for name in _HOST_VARIABLES if name in os.environ}
         env.update(
             {
-                "AWS_LAMBDA_RUNTIME_API": f"{host}:{port}",
+                "AWS_LAMBDA_RUNTIME_API": self._api.address,
                 "_HANDLER": spec.handler,
                 "LAMBDA_TASK_ROOT": plan["cwd"],
                 "LAMBDA_RUNTIME_DIR": plan["runtime_dir"],
@@ -105,22 +114,44 @@ class Worker:
         env.update(extra_env)
         env.update(dict(spec.environment))
         self._log_file = open(log_path, "ab")  # noqa: SIM115 - closed in stop()
-        self.process: Any
-        if fork_server is not None:
-            self.process = fork_server.spawn(env, plan, self._log_file.fileno())
+        self.process: Any = self._start(fork_server, spare, env, plan, runtime_site, task_root)
+        if isinstance(self.process, ForkedProcess):
+            self.process.on_exit(self._exited)
         else:
-            env[lambda_sandbox.PLAN_VARIABLE] = json.dumps(plan)
-            self.process = subprocess.Popen(
-                # -S: no site-packages; the function sees the standard library and runtime site.
-                [sys.executable, *(["-S"] if runtime_site else []), lambda_sandbox.__file__],
-                cwd=task_root,
-                env=env,
-                stdin=subprocess.DEVNULL,
-                stdout=self._log_file,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        threading.Thread(target=self._watch_exit, daemon=True, name="worker-exit").start()
+            threading.Thread(target=self._watch_exit, daemon=True, name="worker-exit").start()
+
+    def _start(
+        self,
+        fork_server: ForkServer | None,
+        spare: Spare | None,
+        env: dict[str, str],
+        plan: dict[str, Any],
+        runtime_site: Path | None,
+        task_root: Path,
+    ) -> Any:
+        """The environment's process: the spare, else a fork, else an interpreter of its own."""
+        log_fd = self._log_file.fileno()
+        if fork_server is not None and spare is not None:
+            process = fork_server.start(spare, env, plan, log_fd)
+            if process is not None:
+                return process
+            # It died unused: a fork of its own, with an API of its own.
+            spare.api.close()
+            self._api = RuntimeApi()
+            env["AWS_LAMBDA_RUNTIME_API"] = self._api.address
+        if fork_server is not None:
+            return fork_server.spawn(env, plan, log_fd)
+        env[lambda_sandbox.PLAN_VARIABLE] = json.dumps(plan)
+        return subprocess.Popen(
+            # -S: no site-packages; the function sees the standard library and runtime site.
+            [sys.executable, *(["-S"] if runtime_site else []), lambda_sandbox.__file__],
+            cwd=task_root,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=self._log_file,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
 
     @property
     def log_stream_name(self) -> str:
@@ -133,52 +164,91 @@ class Worker:
         """Whether the worker process still runs and is not being stopped."""
         return self.process.poll() is None and not self._stopping
 
-    # --- called from the Runtime API threads -------------------------------------------
-    def next_invocation(self) -> Invocation | None:
-        """Block until an invocation is handed over (the runtime's long poll)."""
-        self.ready.set()
-        with self._cond:
-            while self._pending is None and not self._stopping:
-                self._cond.wait()
-            if self._stopping:
-                return None
-            invocation, self._pending = self._pending, None
-            assert invocation is not None
-            self._current = invocation
-            invocation.fetched_at = time.monotonic()
-            if self.cold:
-                self.init_duration_ms = (invocation.fetched_at - self._started_at) * 1000
-            invocation.fetched.set()
-            return invocation
+    # --- called from the thread driving the environment ---------------------------------
+    def wait_ready(self, timeout_s: float) -> bool:
+        """Wait for the runtime to finish its init and ask for work (a provisioned environment)."""
+        with self._driving:
+            return self._serve(time.monotonic() + timeout_s) == "next"
 
-    def complete(self, request_id: str, body: bytes, *, is_error: bool) -> bool:
-        """Record the handler's result or error for the current invocation."""
-        with self._cond:
-            invocation = self._current
-            if invocation is None or invocation.request_id != request_id:
+    def _serve(self, deadline: float, invocation: Invocation | None = None) -> str:
+        """Answer the runtime until it asks for work ("next"; without an invocation) or ends the
+        invocation ("done"); "timeout" when the deadline passes first, "closed" when the
+        environment stops or its process exits."""
+        while invocation is not None or self._waiting is None:
+            try:
+                request = self._api.next_request(deadline)
+            except Closed:
+                return "closed"
+            if request is None:
+                return "timeout"
+            if request.is_next:  # during an invocation: asked again unanswered, the deadline runs
+                self._waiting = request
+                self.ready.set()
+            elif self._answer(request, invocation):
+                return "done"
+        return "next"
+
+    def _answer(self, request: Request, invocation: Invocation | None) -> bool:
+        """Answer a request other than `/next`; True when it ends `invocation`."""
+        prefix = RUNTIME_API_PREFIX + "/"
+        parts = request.path[len(prefix) :].split("/") if request.path.startswith(prefix) else []
+        if request.method == "POST" and parts == ["init", "error"]:
+            self.init_error = request.body or error_payload("Runtime.Unknown", "init failed")
+            self._api.reply(202, b'{"status":"OK"}')
+            return False
+        if (
+            request.method == "POST"
+            and len(parts) == 3
+            and parts[0] == "invocation"
+            and parts[2] in ("response", "error")
+        ):
+            if invocation is None or parts[1] != invocation.request_id:
+                self._api.reply(400, b'{"errorType":"InvalidId"}')
                 return False
-            if is_error:
-                invocation.error = body
+            if parts[2] == "error":
+                invocation.error = request.body
             else:
-                invocation.result = body
-            self._current = None
-            invocation.done.set()
+                invocation.result = request.body
+            self._api.reply(202, b'{"status":"OK"}')
             return True
+        self._api.reply(404, b'{"errorType":"NotFound"}')
+        return False
+
+    def _hand_over(self, invocation: Invocation) -> None:
+        """Answer the waiting `/next` with the invocation (its deadline starts now)."""
+        self._waiting = None
+        invocation.fetched_at = time.monotonic()
+        if self.cold:
+            self.init_duration_ms = (invocation.fetched_at - self._started_at) * 1000
+        now = time.time()
+        headers = {
+            "Content-Type": "application/json",
+            "Lambda-Runtime-Aws-Request-Id": invocation.request_id,
+            "Lambda-Runtime-Deadline-Ms": str(int((now + invocation.timeout_s) * 1000)),
+            "Lambda-Runtime-Invoked-Function-Arn": self.spec.function_arn,
+            "Lambda-Runtime-Trace-Id": f"Root=1-{int(now):08x}-{uuid.uuid4().hex[:24]}",
+        }
+        if invocation.client_context:
+            headers["Lambda-Runtime-Client-Context"] = invocation.client_context
+        self._api.reply(200, invocation.payload, headers)
+
+    def _run(self, invocation: Invocation) -> str:
+        """Hand the invocation to the runtime and read its answer: "done", "timeout" (of the
+        function, or of its init), "closed" (the process exited or the environment stops)."""
+        state = self._serve(time.monotonic() + INIT_TIMEOUT_S)
+        if state != "next":
+            return state
+        self._hand_over(invocation)
+        return self._serve(invocation.fetched_at + invocation.timeout_s, invocation)
 
     # --- called from the invoking thread -----------------------------------------------
     def invoke(self, request_id: str, payload: bytes, client_context: str | None) -> Outcome:
         """Run one invocation to completion, timeout or crash."""
         spec = self.spec
         invocation = Invocation(request_id, payload, spec.timeout_s, client_context)
-        with self._cond:
-            self._pending = invocation
-            self._cond.notify_all()
         started = time.monotonic()
-        timed_out = False
-        invocation.fetched.wait(INIT_TIMEOUT_S)
-        if invocation.fetched_at:  # the runtime took it (not merely woken by a crash)
-            remaining = spec.timeout_s - (time.monotonic() - invocation.fetched_at)
-            timed_out = not invocation.done.wait(max(0.0, remaining))
+        with self._driving:
+            state = self._run(invocation)
         duration_ms = (time.monotonic() - (invocation.fetched_at or started)) * 1000
         function_error: str | None = None
         status = "error"
@@ -186,7 +256,7 @@ class Worker:
             body, status = invocation.result, "success"
         elif invocation.error is not None:
             body, function_error = invocation.error, "Unhandled"
-        elif timed_out:
+        elif state == "timeout" and invocation.fetched_at:
             self.stop()
             body = error_payload(
                 "Sandbox.Timedout",
@@ -195,7 +265,7 @@ class Worker:
             function_error, status = "Unhandled", "timeout"
         elif self.init_error is not None:
             body, function_error = self.init_error, "Unhandled"
-        elif not invocation.fetched.is_set() and self.process.poll() is None:
+        elif state == "timeout":
             self.stop()
             body = error_payload(
                 "Runtime.InitTimeout",
@@ -260,20 +330,15 @@ class Worker:
 
     def _watch_exit(self) -> None:
         self.process.wait()
-        with self._cond:
-            self._stopping = True
-            self._cond.notify_all()
-            current = self._current or self._pending
-        if current is not None:
-            # Wake the invoking thread: a crash (or kill) ends the invocation now.
-            current.fetched.set()
-            current.done.set()
+        self._exited()
+
+    def _exited(self) -> None:
+        self._stopping = True
+        self._api.close()  # wakes a thread waiting on the runtime: a crash ends its invocation now
 
     def kill(self) -> None:
         """Signal the worker to die now (the first half of stop, for stopping many at once)."""
-        with self._cond:
-            self._stopping = True
-            self._cond.notify_all()
+        self._stopping = True
         if self.process.poll() is None:
             try:
                 os.killpg(self.process.pid, signal.SIGKILL)
@@ -282,18 +347,13 @@ class Worker:
                     os.kill(self.process.pid, signal.SIGKILL)
 
     def stop(self) -> None:
-        """Kill the worker process and its Runtime API; idempotent."""
+        """Kill the worker process and close its Runtime API; idempotent."""
         self.kill()
         with contextlib.suppress(subprocess.TimeoutExpired):
             self.process.wait(timeout=5)
+        self._api.close()
         if self._scratch_dir is not None:  # its TMPDIR goes with it, as a private /tmp would
             shutil.rmtree(self._scratch_dir, ignore_errors=True)
-        # The API server's shutdown waits for its poll loop (up to 0.5 s): nobody waits on it.
-        threading.Thread(target=self._close_api, daemon=True, name="runtime-api-close").start()
-
-    def _close_api(self) -> None:
-        self._api.shutdown()
-        self._api.server_close()
         self._log_file.close()
 
 

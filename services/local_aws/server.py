@@ -30,6 +30,7 @@ from .. import browser_guard
 from . import (
     iam_authorize,
     iam_enforcement,
+    keep_alive,
     lambda_provisioned,
     persistence,
     stepfunctions_speedups,
@@ -102,6 +103,7 @@ class Emulator:
         if self.config.persist:
             self.persistence = persistence.Persistence(self.config.state_dir / "persist")
         self._app = self._wsgi()
+        keep_alive.install()
         self._server = make_server(
             self.config.host,
             self.config.port,
@@ -143,9 +145,10 @@ class Emulator:
                 create_backend_app,
             )
 
-            from . import moto_imports
+            from . import moto_dispatch, moto_imports
 
             moto_imports.install()  # before anything imports the ASL parser (moto.batch -> ec2)
+            moto_dispatch.install()
             default_user_config["stepfunctions"]["execute_state_machine"] = True
             default_user_config["core"]["service_whitelist"] = None
             _install_lambda_runtime(self)
@@ -157,6 +160,7 @@ class Emulator:
             if self._server is not None:  # new connections get moto's handler directly
                 self._server.RequestHandlerClass = whole_responses.moto_handler()
             self._moto_app = DomainDispatcherApplication(create_backend_app)
+            _freeze_loaded_objects()
             log.info("moto loaded in %.0f ms", (time.perf_counter() - started) * 1000)
 
     def _install_stepfunctions(self) -> None:
@@ -172,9 +176,10 @@ class Emulator:
 
             stepfunctions_parity.install()  # JSONata, Express, TestState, Wait/Retry time
             if self.config.sfn_speedups:
-                stepfunctions_speedups.install(self._app, self._server)
+                stepfunctions_speedups.install(self._app, self._server, self.config.iam_enforce)
             if self.persistence is not None:
                 self.restored.update(self.persistence.load_stepfunctions())
+            _freeze_loaded_objects()
             self._stepfunctions_ready = True
 
     @property
@@ -269,7 +274,7 @@ class Emulator:
         self.persistence.changed_in_background("logs")
 
 
-class _LazyMotoHandler(whole_responses.WholeResponses, WSGIRequestHandler):
+class _LazyMotoHandler(keep_alive.KeepAlive, whole_responses.WholeResponses, WSGIRequestHandler):
     """werkzeug's request handler until moto is loaded; then moto's, for every request.
 
     The health check is answered without moto. Any other request loads moto first and then has
@@ -311,6 +316,14 @@ def _persisting(
     if status:
         store.after_request(environ, body, status[0])
     return result
+
+
+def _freeze_loaded_objects() -> None:
+    """Keep what was just imported out of the collector's full passes (moto is ~10^6 objects:
+    a full collection took ~50 ms, measured, holding the GIL for every request meanwhile)."""
+    import gc
+
+    gc.freeze()  # no collect first: it would cost the first request those ~50 ms itself
 
 
 def _is_stepfunctions(environ: dict[str, Any]) -> bool:

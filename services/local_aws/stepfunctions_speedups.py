@@ -18,18 +18,21 @@ the same botocore client, with the same configuration, sends the same requests.
   the program is shared, so concurrent executions cannot race on it.
 - boto3 clients are cached per (region, service, endpoint, execution role): botocore clients
   are thread-safe. Each signs with its role's credentials (`stepfunctions_roles`).
-- The interpreter's Lambda client hands its requests to this server's own WSGI application
-  in-process instead of over a loopback socket (werkzeug closes every connection, so each task
-  paid a TCP connection, a server thread and request parsing). The request is the same signed
-  request botocore would send, turned into the WSGI environ by werkzeug's own request handler
-  code, and the response is parsed by botocore as usual: the Lambda backend, its error codes,
-  `FunctionError` and the interpreter's error names (`Lambda.<Code>`, the function's
+- The interpreter's Lambda `Invoke` goes straight to the Lambda backend, IAM checked as over
+  HTTP (`stepfunctions_lambda`). Its other Lambda calls are handed to this server's own WSGI
+  application in-process instead of over a loopback socket (werkzeug closes every connection,
+  so each paid a TCP connection, a server thread and request parsing). The request is the same
+  signed request botocore would send, turned into the WSGI environ by werkzeug's own request
+  handler code, and the response is parsed by botocore as usual: the Lambda backend, its error
+  codes, `FunctionError` and the interpreter's error names (`Lambda.<Code>`, the function's
   `errorType`) are exactly those of the HTTP path.
 - JSONPath expressions (`$.Payload.body`, ...) are compiled once per path string; moto compiled
   each one on every use, building a PLY lexer and parser each time. Compiled expressions are
   immutable (`find` returns new objects), so sharing them is safe.
-- moto's request dispatcher lists its own package folder (~200 `isdir` calls) on every request
-  to every service; the list is computed once.
+- Executions are found by name and ARN through an index (`stepfunctions_index`), not by a
+  walk over every execution of the state machine on each start and each describe.
+
+(moto's per-request dispatch lookups are cached for every service: `moto_dispatch`.)
 
 `LOCAL_AWS_SFN_SPEEDUPS=0` turns all of this off (moto's code path as shipped), for comparison.
 """
@@ -47,7 +50,8 @@ from collections.abc import Callable, Iterator
 from typing import Any
 from urllib.parse import urlsplit
 
-from . import stepfunctions_roles
+from . import stepfunctions_index, stepfunctions_lambda, stepfunctions_roles
+from .stepfunctions_lambda import DirectLambda
 
 log = logging.getLogger("local_aws.stepfunctions")
 
@@ -131,8 +135,11 @@ def assign_heap_keys(program: Any) -> int:
 class ClientCache:
     """One boto3 client per (region, service, endpoint, role) for the interpreter's tasks."""
 
-    def __init__(self, transport: InProcessTransport | None = None) -> None:
+    def __init__(
+        self, transport: InProcessTransport | None = None, iam_enforce: bool = True
+    ) -> None:
         self.transport = transport
+        self.iam_enforce = iam_enforce
         # Each client signs with its role's credentials (stepfunctions_roles): a role's client
         # is replaced when its credentials are refreshed.
         self._clients: dict[tuple[str, str, str | None, str | None], tuple[Any, Any]] = {}
@@ -156,6 +163,8 @@ class ClientCache:
                 client = self._new_client(region, service, endpoint, credentials)
                 if endpoint and self.transport and service in IN_PROCESS_SERVICES:
                     client.meta.events.register("before-send", self.transport.send)
+                    if service == "lambda":  # Invoke without the request at all
+                        client = DirectLambda(client, region, credentials, self.iam_enforce)
                 self._clients[key] = (credentials, client)
                 self.created += 1
             return client
@@ -262,9 +271,11 @@ IN_PROCESS_SERVICES = frozenset({"lambda"})
 class Speedups:
     """The installed speedups and their counters."""
 
-    def __init__(self, transport: InProcessTransport | None = None) -> None:
+    def __init__(
+        self, transport: InProcessTransport | None = None, iam_enforce: bool = True
+    ) -> None:
         self.programs = ProgramCache()
-        self.clients = ClientCache(transport)
+        self.clients = ClientCache(transport, iam_enforce)
         self.transport = transport
 
     def stats(self) -> dict[str, int]:
@@ -277,6 +288,7 @@ class Speedups:
             "clients_created": self.clients.created,
             "client_requests": self.clients.requests,
             "in_process_requests": self.transport.requests if self.transport else 0,
+            "direct_lambda_invokes": stepfunctions_lambda.INVOKES.value,
             "role_sessions_assumed": stepfunctions_roles.SESSIONS.assumed,
             "jsonpath_compiled": _compile_jsonpath.cache_info().currsize
             + _compile_jsonpath_ext.cache_info().currsize,
@@ -287,18 +299,21 @@ _installed: Speedups | None = None
 _install_lock = threading.Lock()
 
 
-def install(app: Callable[..., Any] | None = None, server: Any = None) -> Speedups:
-    """Patch moto (idempotent); with this server's WSGI `app` and `server`, Lambda in-process."""
+def install(
+    app: Callable[..., Any] | None = None, server: Any = None, iam_enforce: bool = True
+) -> Speedups:
+    """Patch moto (idempotent); with this server's WSGI `app` and `server`, Lambda in-process
+    (`iam_enforce`: whether that app checks role credentials, so the direct Invoke does)."""
     global _installed
     with _install_lock:
         if _installed is not None:
             return _installed
         transport = InProcessTransport(app, server) if app is not None else None
-        speedups = Speedups(transport)
+        speedups = Speedups(transport, iam_enforce)
         _patch_program_parsing(speedups.programs)
         patched = _patch_client_factory(speedups.clients)
         _patch_jsonpath()
-        _patch_dispatcher()
+        stepfunctions_index.install()
         log.info(
             "Step Functions speedups installed (%d client call sites, Lambda %s)",
             patched,
@@ -360,10 +375,3 @@ def _patch_jsonpath() -> None:
 
     json_path.parse = _compile_jsonpath_ext  # type: ignore[assignment]
     result_path.parse = _compile_jsonpath  # type: ignore[assignment]
-
-
-def _patch_dispatcher() -> None:
-    from moto import backends
-
-    modules = tuple(backends.list_of_moto_modules())
-    backends.list_of_moto_modules = lambda: modules  # type: ignore[assignment]

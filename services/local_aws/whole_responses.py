@@ -86,10 +86,14 @@ _moto_handler: type | None = None
 
 
 def moto_handler() -> type:
-    """moto's request handler with whole responses (imports moto: call once it is loaded)."""
+    """moto's request handler with whole responses, kept alive (imports moto: call once loaded)."""
     global _moto_handler
     if _moto_handler is None:
         from moto.moto_server.werkzeug_app import MotoRequestHandler
 
-        _moto_handler = type("WholeMotoRequestHandler", (WholeResponses, MotoRequestHandler), {})
+        from .keep_alive import KeepAlive
+
+        _moto_handler = type(
+            "WholeMotoRequestHandler", (KeepAlive, WholeResponses, MotoRequestHandler), {}
+        )
     return _moto_handler

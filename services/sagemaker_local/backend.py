@@ -29,7 +29,7 @@ from .exceptions import ResourceLimitExceeded, ValidationException
 from .model_registry import ModelRegistry
 from .notebooks import NotebookInstances
 from .processes import kill_stale_group
-from .records import ControlPlaneState, Records, describe_operation
+from .records import ControlPlaneState, Records, describe_operation, list_operation
 from .router import EndpointRouter, Route
 from .store import JsonStore
 from .supervisor import ModelServerSupervisor
@@ -331,11 +331,7 @@ class SageMakerBackend:
         self._spawn(finish, f"delete-{name}")
         return {}
 
-    def list_endpoints(self, params: dict[str, Any]) -> dict[str, Any]:
-        """ListEndpoints."""
-        with self.lock:
-            summaries, token = self.endpoints.summaries(params)
-        return {"Endpoints": summaries, "NextToken": token}
+    list_endpoints = list_operation("endpoints", "Endpoints")
 
     # -- deployments ---------------------------------------------------------------------------
     def _start_deployment(self, name: str, snapshot: dict[str, Any], mode: str) -> None:

@@ -13,7 +13,14 @@ from collections.abc import Callable
 from typing import Any
 
 from .exceptions import ValidationException
-from .records import ControlPlaneState, Records, describe_operation
+from .records import (
+    ControlPlaneState,
+    Records,
+    delete_operation,
+    describe_operation,
+    list_operation,
+    request_record,
+)
 
 
 class ModelRegistry:
@@ -80,14 +87,13 @@ class ModelRegistry:
         with self.lock:
             if name in self.models:
                 raise ValidationException(f'Cannot create already existing model "{arn}".')
-            record = {
-                **copy.deepcopy({k: v for k, v in params.items() if k != "Tags"}),
-                "_name": name,
-                "_tags": params.get("Tags", []),
-                "ModelArn": arn,
-                "EnableNetworkIsolation": params.get("EnableNetworkIsolation", False),
-                "CreationTime": time.time(),
-            }
+            record = request_record(
+                name,
+                params,
+                ModelArn=arn,
+                EnableNetworkIsolation=params.get("EnableNetworkIsolation", False),
+                CreationTime=time.time(),
+            )
             self.models.add(record)
         return {"ModelArn": arn}
 
@@ -103,11 +109,7 @@ class ModelRegistry:
             shutil.rmtree(self.state_dir / "models" / name, ignore_errors=True)
         return {}
 
-    def list_models(self, params: dict[str, Any]) -> dict[str, Any]:
-        """ListModels."""
-        with self.lock:
-            summaries, token = self.models.summaries(params)
-        return {"Models": summaries, "NextToken": token}
+    list_models = list_operation("models", "Models")
 
     # -- endpoint configs ----------------------------------------------------------------------
     def create_endpoint_config(self, params: dict[str, Any]) -> dict[str, Any]:
@@ -138,29 +140,19 @@ class ModelRegistry:
             capture = copy.deepcopy(params.get("DataCaptureConfig"))
             if capture is not None:
                 capture.setdefault("EnableCapture", True)
-            record = {
-                **copy.deepcopy({k: v for k, v in params.items() if k != "Tags"}),
-                "_name": name,
-                "_tags": params.get("Tags", []),
-                "EndpointConfigArn": arn,
-                "ProductionVariants": stored_variants,
-                "DataCaptureConfig": capture,
-                "CreationTime": time.time(),
-            }
+            record = request_record(
+                name,
+                params,
+                EndpointConfigArn=arn,
+                ProductionVariants=stored_variants,
+                DataCaptureConfig=capture,
+                CreationTime=time.time(),
+            )
             self.endpoint_configs.add(record)
         return {"EndpointConfigArn": arn}
 
     describe_endpoint_config = describe_operation("endpoint_configs", "EndpointConfigName")
 
-    def delete_endpoint_config(self, params: dict[str, Any]) -> dict[str, Any]:
-        """DeleteEndpointConfig (endpoints using it keep running, as on AWS)."""
-        name = params["EndpointConfigName"]
-        with self.lock:
-            self.endpoint_configs.remove(name)
-        return {}
-
-    def list_endpoint_configs(self, params: dict[str, Any]) -> dict[str, Any]:
-        """ListEndpointConfigs."""
-        with self.lock:
-            summaries, token = self.endpoint_configs.summaries(params)
-        return {"EndpointConfigs": summaries, "NextToken": token}
+    # Endpoints using it keep running, as on AWS: they deployed from a snapshot.
+    delete_endpoint_config = delete_operation("endpoint_configs", "EndpointConfigName")
+    list_endpoint_configs = list_operation("endpoint_configs", "EndpointConfigs")

@@ -4,6 +4,8 @@ Training jobs, models, endpoint configs and endpoints share this life: a record 
 every change (`store.JsonStore`), a Describe* of an unknown name raises that kind's AWS error,
 and List* answers one page of summaries (`listing.summaries_page`). Records are plain dicts in
 the shape of the Describe* answer (internal fields start with `_`); callers hold the lock.
+`describe_operation`, `delete_operation` and `list_operation` write a room's plain Describe*,
+Delete* and List* methods from the name of its `Records` attribute.
 """
 
 from __future__ import annotations
@@ -29,6 +31,16 @@ class ControlPlaneState:
     store: JsonStore
     lock: threading.RLock
     arn: Callable[[str, str], str]  # (resource kind, name) -> ARN
+
+
+def request_record(name: str, params: dict[str, Any], **fields: Any) -> Record:
+    """A new record from its Create* request: a deep copy less Tags, `_name`, `_tags`, `fields`."""
+    return {
+        **copy.deepcopy({k: v for k, v in params.items() if k != "Tags"}),
+        "_name": name,
+        "_tags": params.get("Tags", []),
+        **fields,
+    }
 
 
 class Records(dict[str, Record]):
@@ -84,14 +96,46 @@ class Records(dict[str, Record]):
         return summaries_page(self.values(), params, self.summary_fields, self.status_field)
 
 
-def describe_operation(
-    records_attribute: str, name_param: str
-) -> Callable[[Any, dict[str, Any]], Record]:
-    """A Describe* method for a room that holds `lock` and the Records `records_attribute`."""
+Operation = Callable[[Any, dict[str, Any]], Any]
 
-    def describe(room: Any, params: dict[str, Any]) -> Record:
+
+def _records_operation(
+    records_attribute: str, act: Callable[[Records, dict[str, Any]], Any], doc: str
+) -> Operation:
+    """A method of a room that holds `lock`: `act` on its Records `records_attribute`, locked."""
+
+    def operation(room: Any, params: dict[str, Any]) -> Any:
         with room.lock:
-            return cast(Records, getattr(room, records_attribute)).describe(params[name_param])
+            return act(cast(Records, getattr(room, records_attribute)), params)
 
-    describe.__doc__ = f"Describe* by {name_param}: a deep copy of the record."
-    return describe
+    operation.__doc__ = doc
+    return operation
+
+
+def describe_operation(records_attribute: str, name_param: str) -> Operation:
+    """A Describe* method: a deep copy of the record named by `name_param`."""
+    return _records_operation(
+        records_attribute,
+        lambda records, params: records.describe(params[name_param]),
+        f"Describe* by {name_param}: a deep copy of the record.",
+    )
+
+
+def delete_operation(records_attribute: str, name_param: str) -> Operation:
+    """A Delete* method that only forgets the record (this kind's AWS error for an unknown one)."""
+
+    def forget(records: Records, params: dict[str, Any]) -> dict[str, Any]:
+        records.remove(params[name_param])
+        return {}
+
+    return _records_operation(records_attribute, forget, f"Delete* by {name_param}: the record.")
+
+
+def list_operation(records_attribute: str, answer_key: str) -> Operation:
+    """A List* method: one page of summaries under `answer_key`, and its NextToken."""
+
+    def page(records: Records, params: dict[str, Any]) -> dict[str, Any]:
+        summaries, token = records.summaries(params)
+        return {answer_key: summaries, "NextToken": token}
+
+    return _records_operation(records_attribute, page, f"List*: one page of {answer_key}.")

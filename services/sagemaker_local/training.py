@@ -131,7 +131,7 @@ class TrainingJobRunner(threading.Thread):
                 raise JobFailed(self._failure_reason(rc))
             self.secondary("Uploading", "Uploading generated training model")
             artifacts = self._upload_outputs()
-            self._finish("Completed", "Completed", "Training job completed", started, artifacts)
+            self._finish("Completed", ("Completed", "Training job completed"), started, artifacts)
         except InterruptedError:
             self._stopped(started)
         except JobFailed as exc:
@@ -144,8 +144,7 @@ class TrainingJobRunner(threading.Thread):
     def _finish(
         self,
         status: str,
-        secondary: str,
-        message: str,
+        secondary: tuple[str, str],  # (secondary status, its message), as `update` takes it
         started: float,
         artifacts: str | None = None,
         reason: str | None = None,
@@ -161,10 +160,10 @@ class TrainingJobRunner(threading.Thread):
             fields["ModelArtifacts"] = {"S3ModelArtifacts": artifacts}
         if reason:
             fields["FailureReason"] = reason[:FAILURE_REASON_MAX]
-        self.update(status=status, secondary=(secondary, message), final=True, **fields)
+        self.update(status=status, secondary=secondary, final=True, **fields)
 
     def _failed(self, reason: str, started: float) -> None:
-        self._finish("Failed", "Failed", "Training job failed", started, reason=reason)
+        self._finish("Failed", ("Failed", "Training job failed"), started, reason=reason)
 
     def _stopped(self, started: float) -> None:
         if self.interrupted:
@@ -184,7 +183,7 @@ class TrainingJobRunner(threading.Thread):
             message = "Training job runtime exceeded MaxRuntimeInSeconds provided"
         else:
             message = "Training job stopped"
-        self._finish("Stopped", self.stop_cause, message, started, artifacts)
+        self._finish("Stopped", (self.stop_cause, message), started, artifacts)
 
     # -- steps ---------------------------------------------------------------------------------
     def _prepare_folders(self) -> None:

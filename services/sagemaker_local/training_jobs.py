@@ -15,7 +15,13 @@ from typing import Any
 
 from .exceptions import ResourceInUse, ResourceLimitExceeded, ResourceNotFound, ValidationException
 from .processes import kill_stale_group
-from .records import ControlPlaneState, Records, describe_operation
+from .records import (
+    ControlPlaneState,
+    Records,
+    describe_operation,
+    list_operation,
+    request_record,
+)
 from .training import TrainingJobRunner
 
 
@@ -125,32 +131,30 @@ class TrainingJobs:
                     f"{self.max_training_jobs} Jobs, with current utilization of {running}."
                 )
             now = time.time()
-            job = {
-                **copy.deepcopy({k: v for k, v in params.items() if k != "Tags"}),
-                "_name": name,
-                "_tags": params.get("Tags", []),
-                "_jobDir": str(self.state_dir / "training-jobs" / name),
-                "TrainingJobArn": arn,
-                "HyperParameters": params.get("HyperParameters", {}),
-                "StoppingCondition": params.get("StoppingCondition")
-                or {"MaxRuntimeInSeconds": 86400},
-                "EnableNetworkIsolation": params.get("EnableNetworkIsolation", False),
-                "EnableInterContainerTrafficEncryption": params.get(
+            job = request_record(
+                name,
+                params,
+                _jobDir=str(self.state_dir / "training-jobs" / name),
+                TrainingJobArn=arn,
+                HyperParameters=params.get("HyperParameters", {}),
+                StoppingCondition=params.get("StoppingCondition") or {"MaxRuntimeInSeconds": 86400},
+                EnableNetworkIsolation=params.get("EnableNetworkIsolation", False),
+                EnableInterContainerTrafficEncryption=params.get(
                     "EnableInterContainerTrafficEncryption", False
                 ),
-                "EnableManagedSpotTraining": params.get("EnableManagedSpotTraining", False),
-                "TrainingJobStatus": "InProgress",
-                "SecondaryStatus": "Starting",
-                "SecondaryStatusTransitions": [
+                EnableManagedSpotTraining=params.get("EnableManagedSpotTraining", False),
+                TrainingJobStatus="InProgress",
+                SecondaryStatus="Starting",
+                SecondaryStatusTransitions=[
                     {
                         "Status": "Starting",
                         "StartTime": now,
                         "StatusMessage": "Launching requested ML instances",
                     }
                 ],
-                "CreationTime": now,
-                "LastModifiedTime": now,
-            }
+                CreationTime=now,
+                LastModifiedTime=now,
+            )
             self.training_jobs.add(job)
             runner = TrainingJobRunner(
                 copy.deepcopy(job),
@@ -224,8 +228,4 @@ class TrainingJobs:
             runner.stop()
         return {}
 
-    def list_training_jobs(self, params: dict[str, Any]) -> dict[str, Any]:
-        """ListTrainingJobs."""
-        with self.lock:
-            summaries, token = self.training_jobs.summaries(params)
-        return {"TrainingJobSummaries": summaries, "NextToken": token}
+    list_training_jobs = list_operation("training_jobs", "TrainingJobSummaries")

@@ -48,7 +48,8 @@ from .data import (
 )
 from .hyperparameters import SPECS, HyperparameterError, parse_hyperparameters
 
-NETWORKS_PY = Path(networks.__file__)
+# The project's files (in `model/`) the artefact's `code/` ships beside the serving hooks.
+SHIPPED_MODEL_FILES = ("networks.py", "image_io.py")
 SMALL_CNN_WIDTH = 16
 SEED = 0
 BATCH_LOG_EVERY = 20
@@ -300,7 +301,8 @@ def write_serving_files(model_dir: Path, config: dict[str, Any]) -> None:
     code = model_dir / "code"
     code.mkdir(exist_ok=True)
     shutil.copyfile(serving.__file__, code / "inference.py")
-    shutil.copyfile(NETWORKS_PY, code / "networks.py")
+    for name in SHIPPED_MODEL_FILES:
+        shutil.copyfile(Path(networks.__file__).with_name(name), code / name)
 
 
 def training_threads() -> int:
