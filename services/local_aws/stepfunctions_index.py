@@ -78,12 +78,6 @@ def by_arn(machine: Any, execution_arn: str) -> Any:
     return index.find(index.by_arn, execution_arn)
 
 
-def forget(machine: Any) -> None:
-    """Drop `machine`'s index (its list was changed in place)."""
-    with _lock:
-        _indexes.pop(machine, None)
-
-
 def install() -> None:
     """moto's two walks replaced by index lookups (same results, same errors)."""
     from moto.stepfunctions.exceptions import ExecutionAlreadyExists, ExecutionDoesNotExist

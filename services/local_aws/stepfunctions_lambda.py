@@ -52,8 +52,6 @@ class DirectLambda:
         self._region = region
         self._credentials = credentials
         self._iam_enforce = iam_enforce
-        self.meta = client.meta
-        self.exceptions = client.exceptions
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._client, name)
