@@ -526,6 +526,8 @@ class EndpointStack:
     )
     seconds_to_in_service: float = field(default=0.0, init=False)
     sagemaker_url: str = field(default="", init=False)
+    aws_pid: int = field(default=0, init=False)  # the emulator's and sagemaker-local's processes
+    sagemaker_pid: int = field(default=0, init=False)
     _exits: contextlib.ExitStack = field(default_factory=contextlib.ExitStack, init=False)
 
     def __enter__(self) -> EndpointStack:
@@ -533,6 +535,7 @@ class EndpointStack:
 
         stack = start_local_stack(self.state_dir)
         self.sagemaker_url = stack.sagemaker_url
+        self.aws_pid, self.sagemaker_pid = stack.aws.process.pid, stack.sagemaker.pid
         with contextlib.ExitStack() as exits:  # undone in reverse, now on failure or at __exit__
             exits.callback(stop_process_group, stack.aws.process)
             exits.callback(stop_process_group, stack.sagemaker, timeout=60)  # and model servers

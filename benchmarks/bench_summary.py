@@ -415,7 +415,7 @@ def measure_stack(rounds: int, requests: int, figures: Figures) -> None:
         environment = container_environment(1, 1, 8, 0.0)
         with EndpointStack(Path(scratch) / "stack", model_dir, environment, False, 32) as stack:
             time.sleep(2)  # "at rest": let the deploy's requests and the first capture flush end
-            aws, sagemaker = stack._stack.aws.process.pid, stack._stack.sagemaker.pid
+            aws, sagemaker = stack.aws_pid, stack.sagemaker_pid
             figures.add("stack_pss_mb", tree_pss_mb(aws) + tree_pss_mb(sagemaker))
             stack.check(payload)
             endpoint = stack.endpoints[INVOKE_ENDPOINT]
@@ -423,7 +423,7 @@ def measure_stack(rounds: int, requests: int, figures: Figures) -> None:
             # boto3's own signed request replayed without boto3: the server side alone.
             signed = boto3_request_headers(stack.runtimes[0], endpoint, payload)
             path = f"/endpoints/{endpoint}/invocations"
-            url = stack._stack.sagemaker_url
+            url = stack.sagemaker_url
             for _ in range(rounds):  # interleaved: raw, then through the endpoint
                 batched = raw.batched(requests)
                 (through,) = invoke_rows(INVOKE_ENDPOINT, calls, payload, [32], requests)

@@ -91,7 +91,7 @@ KNOBS: tuple[Knob, ...] = (
     Knob("SCONES_ROWS_TRAIN", "0", "synthetic archive training rows (`0`: 50000)"),
     Knob("SCONES_ROWS_TEST", "0", "synthetic archive test rows (`0`: 10000)"),
     Knob("SCONES_LAMBDA_RUNTIME", "python3.12", "declared Lambda runtime"),
-    Knob("SCONES_PROVISIONED_CONCURRENCY", "auto", "provisioned environments per workflow function, behind its `live` alias: `auto` = 4 on the local stack (profile `local`), 0 elsewhere (on AWS it is billed while configured); a number sets it on any target"),
+    Knob("SCONES_PROVISIONED_CONCURRENCY", "auto", "provisioned environments per workflow function, behind its `live` alias: `auto` = 8 on the local stack (profile `local`), 0 elsewhere (on AWS it is billed while configured); a number sets it on any target"),
     Knob("SCONES_TRAINING_INSTANCE", "ml.m5.xlarge", "training instance type"),
     Knob("SCONES_ENDPOINT_INSTANCE", "ml.m5.large", "endpoint instance type"),
     Knob("SCONES_TRAINING_IMAGE", "", "training image URI override", shown_default="(image_uris)"),

@@ -2,7 +2,9 @@
 
 `generate_cases` draws N images (seeded) from `<prefix>/test/manifest.jsonl`, each with its true
 label; `run_cases` starts one Step Functions execution per case, at most `in_flight` at a time,
-polls each until it ends and collects its status, error, prediction, confidence and latency;
+follows them to their ends with one shared poll (`scones.execution_watch`: one ListExecutions
+per tick, one DescribeExecution per execution) and collects each one's status, error,
+prediction, confidence and latency;
 `write_outcomes` writes `outcomes.csv` and `outcomes.json` (read by `scones.monitoring`).
 
     python -m scones.testcases --state-machine-arn ARN --bucket B --prefix P \
@@ -35,18 +37,14 @@ import boto3
 from botocore.config import Config
 from tqdm import tqdm
 
+from scones.execution_watch import ExecutionWatch, WatchClosed
+
 MANIFEST_NAME = "manifest.jsonl"
 DEFAULT_CASES = 50
 DEFAULT_IN_FLIGHT = 16
 DEFAULT_TIMEOUT_S = 600.0
 # The Fail state the workflow ends in when the filter refuses an inference: expected, not a fault.
 LOW_CONFIDENCE_ERROR = "LowConfidenceInference"
-# Polling starts fast (local executions end in tens of milliseconds) and backs off to a ceiling
-# that bounds the client wall time's error and keeps 16 in flight at ~32 DescribeExecution/s,
-# under the AWS quota (throttling is retried by the client's adaptive mode anyway).
-POLL_FIRST_S = 0.05
-POLL_GROWTH = 1.4
-POLL_MAX_S = 0.5
 # Step Functions execution names: 1-80 characters from this set.
 EXECUTION_NAME = re.compile(r"^[A-Za-z0-9_-]{1,80}$")
 
@@ -242,31 +240,27 @@ class _Stopped(Exception):
 
 def run_case(
     sfn: Any,
-    state_machine_arn: str,
+    watch: ExecutionWatch,
     case: TestCase,
     name: str,
     names: dict[int, str],
     timeout_s: float = DEFAULT_TIMEOUT_S,
     stop: threading.Event | None = None,
 ) -> RunOutcome:
-    """Start one execution, poll it with backoff until it ends, and describe what it did."""
-    stop = stop or threading.Event()
+    """Start one execution, follow it to its end, and describe what it did."""
+    if stop is not None and stop.is_set():
+        raise _Stopped(name)
     started = time.monotonic()
     arn = sfn.start_execution(
-        stateMachineArn=state_machine_arn, name=name, input=json.dumps(case.execution_input())
+        stateMachineArn=watch.state_machine_arn,
+        name=name,
+        input=json.dumps(case.execution_input()),
     )["executionArn"]
-    delay = POLL_FIRST_S
-    while True:
-        described = sfn.describe_execution(executionArn=arn)
-        if described["status"] != "RUNNING":
-            wall_s = time.monotonic() - started
-            break
-        if time.monotonic() - started > timeout_s:
-            wall_s = time.monotonic() - started
-            break
-        if stop.wait(delay):
-            raise _Stopped(name)
-        delay = min(delay * POLL_GROWTH, POLL_MAX_S)
+    try:
+        described = watch.follow(arn, timeout_s)
+    except WatchClosed:
+        raise _Stopped(name) from None
+    wall_s = time.monotonic() - started
     status = described["status"]
     outcome = RunOutcome(
         case=case.case,
@@ -329,12 +323,13 @@ def run_cases(
     outcomes: list[RunOutcome] = []
     counts: Counter[str] = Counter()
     bar = tqdm(total=len(cases), desc="executions", unit="exec", disable=not progress)
-    with ThreadPoolExecutor(max_workers=in_flight, thread_name_prefix="execution") as pool:
+    watch = ExecutionWatch(sfn, state_machine_arn)
+    with watch, ThreadPoolExecutor(max_workers=in_flight, thread_name_prefix="execution") as pool:
         pending: set[Future[RunOutcome]] = {
             pool.submit(
                 run_case,
                 sfn,
-                state_machine_arn,
+                watch,
                 c,
                 execution_name(run_id, c),
                 names,
@@ -360,6 +355,7 @@ def run_cases(
             stop.set()
             for future in pending:
                 future.cancel()
+            watch.close()  # the cases still followed end as abandoned
             raise
         finally:
             bar.close()

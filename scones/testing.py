@@ -357,6 +357,20 @@ def service_role(
     return arn
 
 
+def role_session(role_arn: str, session_name: str = "probe") -> Any:
+    """A boto3 session with the credentials of the role, assumed with the default session's."""
+    import boto3
+
+    credentials = boto3.client("sts").assume_role(RoleArn=role_arn, RoleSessionName=session_name)[
+        "Credentials"
+    ]
+    return boto3.session.Session(
+        aws_access_key_id=credentials["AccessKeyId"],
+        aws_secret_access_key=credentials["SecretAccessKey"],
+        aws_session_token=credentials["SessionToken"],
+    )
+
+
 def invoking_role(session: Any, prefix: str) -> str:
     """A role Lambda and Step Functions may assume that may invoke any function; its ARN.
 

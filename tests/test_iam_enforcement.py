@@ -11,7 +11,7 @@ import boto3
 import pytest
 from botocore.exceptions import ClientError
 
-from scones.testing import LocalAws, running_local_aws
+from scones.testing import LocalAws, role_session, running_local_aws
 from scones.testing_functions import create_function
 from services.local_aws import iam_enforcement as iam
 
@@ -201,14 +201,7 @@ def _role(name: str, policy: dict[str, Any]) -> str:
 
 
 def _session_s3(role_arn: str) -> Any:
-    credentials = boto3.client("sts").assume_role(RoleArn=role_arn, RoleSessionName="probe")[
-        "Credentials"
-    ]
-    return boto3.session.Session(
-        aws_access_key_id=credentials["AccessKeyId"],
-        aws_secret_access_key=credentials["SecretAccessKey"],
-        aws_session_token=credentials["SessionToken"],
-    ).client("s3")
+    return role_session(role_arn).client("s3")
 
 
 @pytest.fixture
@@ -310,14 +303,7 @@ def test_role_credentials_are_checked_against_bucket_policies(
 
 def test_other_services_answer_access_denied_in_their_shape(emulator: LocalAws) -> None:
     role_arn = _role(f"nolambda-{uuid.uuid4().hex[:6]}", LOGS_ONLY)
-    credentials = boto3.client("sts").assume_role(RoleArn=role_arn, RoleSessionName="probe")[
-        "Credentials"
-    ]
-    session = boto3.session.Session(
-        aws_access_key_id=credentials["AccessKeyId"],
-        aws_secret_access_key=credentials["SecretAccessKey"],
-        aws_session_token=credentials["SessionToken"],
-    )
+    session = role_session(role_arn)
     with pytest.raises(ClientError) as error:
         session.client("lambda").list_functions()
     assert error.value.response["Error"]["Code"] == "AccessDeniedException"

@@ -524,3 +524,17 @@ def test_a_throttled_lambda_is_retried_by_the_asl(stack: Stack, resource: str) -
     # Two intervals of 10 s of ASL time, scaled.
     retried = _elapsed(described["events"], kind, "ExecutionFailed")
     assert 2 * 10 * TIME_SCALE <= retried < 2 * 10 / 2, "scaled, not skipped nor real-time"
+
+
+def test_stop_execution_answers_once_the_execution_is_aborted(stack: Stack) -> None:
+    machine = stack.machine(
+        {"StartAt": "W", "States": {"W": {"Type": "Wait", "Seconds": 3600, "End": True}}}
+    )
+    name = f"stopped-{uuid.uuid4().hex[:8]}"
+    arn = stack.sfn.start_execution(stateMachineArn=machine, name=name, input="{}")["executionArn"]
+    stopped = stack.sfn.stop_execution(executionArn=arn)
+    # Right after the answer, as on AWS: ABORTED, and its name is taken (not an idempotent retry).
+    described = stack.sfn.describe_execution(executionArn=arn)
+    assert described["status"] == "ABORTED" and described["stopDate"] == stopped["stopDate"]
+    with pytest.raises(stack.sfn.exceptions.ExecutionAlreadyExists):
+        stack.sfn.start_execution(stateMachineArn=machine, name=name, input="{}")

@@ -64,30 +64,21 @@ class _Pickler(pickle.Pickler):
         self._blobs = blobs
         self._referenced = referenced
         self._skip_executions = skip_executions
-        self._backend_by_reference = backend_by_reference
-
-    def persistent_id(self, obj: Any) -> Any:
         # Types of modules never imported have no instances: looking them up must not import
         # them (moto's Step Functions models pull in the ASL parser: ~1 s and ~130 MB).
-        backend_type = _loaded_type("moto.stepfunctions.models", "StepFunctionBackend")
-        if (
-            self._backend_by_reference
-            and backend_type is not None
-            and isinstance(obj, backend_type)
-        ):
-            # An execution's state machine points at its backend: name it, do not copy it.
-            return ("sfn-backend", obj.account_id, obj.region_name, None)
-        key_type = _loaded_type("moto.s3.models", "FakeKey")
-        if key_type is not None and isinstance(obj, key_type):
-            blob_id = self._blobs.persist_key(obj)
-            if blob_id:
-                self._referenced.add(blob_id)
-            state = {k: v for k, v in obj.__dict__.items() if k not in ("_value_buffer", "lock")}
-            # A completed multipart upload keeps its (disposed) parts: their bytes are the
-            # object's, already in its blob.
-            state["multipart"] = None
-            return ("s3key", type(obj), blob_id, state)
-        return None
+        self._key_type = _loaded_type("moto.s3.models", "FakeKey")
+        self._backend_type = (
+            _loaded_type("moto.stepfunctions.models", "StepFunctionBackend")
+            if backend_by_reference
+            else None
+        )
+        self._execution_type = _loaded_type(
+            "moto.stepfunctions.parser.backend.execution", "Execution"
+        )
+
+    # No `persistent_id`: pickle calls it for every object (every int and str), which made it
+    # the largest share of a snapshot's time. `reducer_override` is called only for objects
+    # that are not plain containers or atoms, so both special cases are reduces here.
 
     def reducer_override(self, obj: Any) -> Any:
         if isinstance(obj, weakref.WeakValueDictionary):
@@ -99,12 +90,34 @@ class _Pickler(pickle.Pickler):
             return _new_lock, (type(obj) is _RLOCK_TYPE,)
         if isinstance(obj, threading.Thread | threading.Event | threading.Condition):
             return _none, ()
-        execution_type = _loaded_type("moto.stepfunctions.parser.backend.execution", "Execution")
-        if execution_type is not None and isinstance(obj, execution_type):
+        if self._key_type is not None and isinstance(obj, self._key_type):
+            blob_id = self._blobs.persist_key(obj)
+            if blob_id:
+                self._referenced.add(blob_id)
+            state = {k: v for k, v in obj.__dict__.items() if k not in ("_value_buffer", "lock")}
+            # A completed multipart upload keeps its (disposed) parts: their bytes are the
+            # object's, already in its blob.
+            state["multipart"] = None
+            return _s3_key, (type(obj), blob_id, state)
+        if self._backend_type is not None and isinstance(obj, self._backend_type):
+            # An execution's state machine points at its backend: name it, do not copy it.
+            return _sfn_backend, (obj.account_id, obj.region_name)
+        if self._execution_type is not None and isinstance(obj, self._execution_type):
             if self._skip_executions:
                 return _none, ()  # executions live in their own journal
             return _restore_execution, (type(obj), _execution_state(obj))
         return NotImplemented
+
+
+def _s3_key(cls: Any, blob_id: str | None, state: dict[str, Any]) -> Any:
+    """Replaced by `StateUnpickler._s3_key` when loading (it knows the blob store)."""
+    raise pickle.UnpicklingError("an S3 key is loaded by StateUnpickler only")
+
+
+def _sfn_backend(account_id: str, region_name: str) -> Any:
+    from moto.stepfunctions.parser.models import stepfunctions_parser_backends
+
+    return stepfunctions_parser_backends[account_id][region_name]
 
 
 _FORMER_MODULE = "services.local_aws.persistence"
@@ -184,16 +197,20 @@ class StateUnpickler(pickle.Unpickler):
         # State written before persistence.py was split names these helpers in that module.
         if module == _FORMER_MODULE and name in globals():
             module = __name__
+        if module == __name__ and name == "_s3_key":
+            return self._s3_key
         return super().find_class(module, name)
 
     def persistent_load(self, pid: Any) -> Any:
+        # The form state was written in before the pickler stopped using persistent ids.
         kind, cls, blob_id, state = pid
         if kind == "sfn-backend":
-            from moto.stepfunctions.parser.models import stepfunctions_parser_backends
-
-            return stepfunctions_parser_backends[cls][blob_id]
+            return _sfn_backend(cls, blob_id)
         if kind != "s3key":
             raise pickle.UnpicklingError(f"unknown persistent id {kind!r}")
+        return self._s3_key(cls, blob_id, state)
+
+    def _s3_key(self, cls: Any, blob_id: str | None, state: dict[str, Any]) -> Any:
         key = cls.__new__(cls)
         key.__dict__.update(state)
         if blob_id:
