@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+import requests
 from botocore.exceptions import ClientError
 
 from scones.testing import StateMachines, finished_execution
@@ -538,3 +539,21 @@ def test_stop_execution_answers_once_the_execution_is_aborted(stack: Stack) -> N
     assert described["status"] == "ABORTED" and described["stopDate"] == stopped["stopDate"]
     with pytest.raises(stack.sfn.exceptions.ExecutionAlreadyExists):
         stack.sfn.start_execution(stateMachineArn=machine, name=name, input="{}")
+
+
+def test_finished_threads_are_not_kept_as_executions_end(stack: Stack) -> None:
+    """moto lists every thread it starts (one per execution and per task) and never forgets."""
+    task = {"Type": "Task", "Resource": stack.classifier()}
+    three = {
+        "StartAt": "A",
+        "States": {
+            "A": {**task, "Next": "B"},
+            "B": {**task, "Next": "C"},
+            "C": {**task, "End": True},
+        },
+    }
+    machine = stack.machine(three)
+    for _ in range(20):  # 80 threads started: a worker and three tasks each
+        assert stack.run(machine, {"score": 0.9})["status"] == "SUCCEEDED"
+    health = requests.get(f"{stack.emulator.endpoint_url}/_local_aws/health", timeout=10).json()
+    assert health["stepfunctions_threads_kept"] < 10, health["stepfunctions_threads_kept"]

@@ -34,6 +34,7 @@ from . import (
     lambda_provisioned,
     persistence,
     stepfunctions_speedups,
+    stepfunctions_threads,
     whole_responses,
 )
 from .lambda_runtime import LambdaRuntime
@@ -239,6 +240,8 @@ class Emulator:
             "backends_loaded": self._moto_app is not None,
             # False until the first Step Functions request (its patches and restored state).
             "stepfunctions_loaded": self._stepfunctions_ready,
+            # Threads moto's interpreter still lists (finished ones are dropped as executions end).
+            "stepfunctions_threads_kept": stepfunctions_threads.kept(),
             "iam_enforcement": self.config.iam_enforce,
             "stepfunctions_speedups": (
                 speedups.stats()

@@ -22,6 +22,7 @@ from . import (
     stepfunctions_roles,
     stepfunctions_tasks,
     stepfunctions_testing,
+    stepfunctions_threads,
     stepfunctions_time,
 )
 
@@ -37,6 +38,7 @@ def install() -> None:
             return
         _fix_error_codes()
         _stop_returns_after_the_end()
+        stepfunctions_threads.install()  # not parity: moto's list of every thread, pruned
         stepfunctions_jsonata.install()
         stepfunctions_time.install()
         stepfunctions_express.install()
