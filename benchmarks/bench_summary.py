@@ -44,7 +44,7 @@ from botocore.config import Config
 
 from scones.deploy.iam import policy, trust
 from scones.stack import free_port, start_service, stop_process_group
-from scones.testing import reset_boto3
+from scones.testing import reset_boto3, tasks_in_a_row
 from scones.testing_processes import descendants, pss_mb, tree_pss_mb
 from services.local_aws.profile import write_profile
 from services.service_process import spawn_logged
@@ -283,19 +283,10 @@ class Workload:
 
     def machine(self, function_arn: str) -> str:
         """Three Lambda tasks in a row, the shape of the project's workflow."""
-        task = {"Type": "Task", "Resource": function_arn}
-        definition = {
-            "StartAt": "One",
-            "States": {
-                "One": {**task, "Next": "Two"},
-                "Two": {**task, "Next": "Three"},
-                "Three": {**task, "End": True},
-            },
-        }
         return str(
             self.sfn.create_state_machine(
                 name=f"bench-{uuid.uuid4().hex[:8]}",
-                definition=json.dumps(definition),
+                definition=json.dumps(tasks_in_a_row(function_arn)),
                 roleArn=self.role,
             )["stateMachineArn"]
         )

@@ -171,23 +171,20 @@ class ExecutionWatch:
         if not self.listing:
             return set()
         running: set[str] = set()
-        request: dict[str, Any] = {
-            "stateMachineArn": self.state_machine_arn,
-            "statusFilter": "RUNNING",
-            "maxResults": LIST_PAGE_SIZE,
-        }
-        while True:
-            try:
-                page = self.sfn.list_executions(**request)
-            except ClientError as error:
-                # Denied: never list again. Anything else (throttled after the client's own
-                # retries, ...): this tick wakes every caller, whose describe says what happened.
-                if error.response.get("Error", {}).get("Code") in _DENIED:
-                    self.listing = False
-                return set()
-            finally:
+        pages = self.sfn.get_paginator("list_executions").paginate(
+            stateMachineArn=self.state_machine_arn,
+            statusFilter="RUNNING",
+            PaginationConfig={"PageSize": LIST_PAGE_SIZE},
+        )
+        try:
+            for page in pages:
                 self.list_calls += 1
-            running.update(execution["executionArn"] for execution in page["executions"])
-            if not page.get("nextToken"):
-                return running
-            request["nextToken"] = page["nextToken"]
+                running.update(execution["executionArn"] for execution in page["executions"])
+        except ClientError as error:
+            self.list_calls += 1  # the call refused
+            # Denied: never list again. Anything else (throttled after the client's own
+            # retries, ...): this tick wakes every caller, whose describe says what happened.
+            if error.response.get("Error", {}).get("Code") in _DENIED:
+                self.listing = False
+            return set()
+        return running

@@ -303,6 +303,19 @@ class StateMachines:
         return run_execution(self.sfn, arn, execution_input)
 
 
+def tasks_in_a_row(resource: str) -> dict[str, Any]:
+    """ASL of three Task states in a row calling `resource`: the shape of the workflow."""
+    task = {"Type": "Task", "Resource": resource}
+    return {
+        "StartAt": "One",
+        "States": {
+            "One": {**task, "Next": "Two"},
+            "Two": {**task, "Next": "Three"},
+            "Three": {**task, "End": True},
+        },
+    }
+
+
 def create_machine(sfn: Any, asl: dict[str, Any], role_arn: str, kind: str = "STANDARD") -> str:
     """A new state machine (a random name) of `kind` running `asl` with `role_arn`; its ARN."""
     arn: str = sfn.create_state_machine(

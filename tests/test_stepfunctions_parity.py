@@ -17,7 +17,7 @@ import pytest
 import requests
 from botocore.exceptions import ClientError
 
-from scones.testing import StateMachines, finished_execution
+from scones.testing import StateMachines, finished_execution, tasks_in_a_row
 from services.local_aws import stepfunctions_express as express
 from services.local_aws import stepfunctions_jsonata as jsonata
 from services.local_aws import stepfunctions_time as sfn_time
@@ -543,16 +543,7 @@ def test_stop_execution_answers_once_the_execution_is_aborted(stack: Stack) -> N
 
 def test_finished_threads_are_not_kept_as_executions_end(stack: Stack) -> None:
     """moto lists every thread it starts (one per execution and per task) and never forgets."""
-    task = {"Type": "Task", "Resource": stack.classifier()}
-    three = {
-        "StartAt": "A",
-        "States": {
-            "A": {**task, "Next": "B"},
-            "B": {**task, "Next": "C"},
-            "C": {**task, "End": True},
-        },
-    }
-    machine = stack.machine(three)
+    machine = stack.machine(tasks_in_a_row(stack.classifier()))
     for _ in range(20):  # 80 threads started: a worker and three tasks each
         assert stack.run(machine, {"score": 0.9})["status"] == "SUCCEEDED"
     health = requests.get(f"{stack.emulator.endpoint_url}/_local_aws/health", timeout=10).json()

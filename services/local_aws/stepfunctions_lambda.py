@@ -153,7 +153,7 @@ def _result(payload: Any, headers: Any, response_headers: dict[str, str]) -> dic
     status = {"Event": 202, "DryRun": 204}.get(str(invocation_type), 200)
     if status == 200 and headers.get("X-Amz-Log-Type") != "Tail":
         response_headers.pop("x-amz-log-result", None)
-    data = payload.encode("utf-8") if isinstance(payload, str) else bytes(payload)
+    data = _payload_bytes(payload)
     request_id = response_headers.get("x-amzn-requestid") or str(uuid.uuid4())
     result: dict[str, Any] = {
         "ResponseMetadata": {
